@@ -1,0 +1,61 @@
+"""`healnet <stage> ...`: one subcommand per pipeline stage; the Snakemake rules call these.
+
+Each stage module exposes `add_arguments(parser)` and `run(args)`; heavy imports (torch,
+openslide) happen inside `run`, so `healnet --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from healnet import __version__
+from healnet.logs import setup_logging
+
+# (subcommand, module, one-line help). Order is pipeline order.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("validate-config", "healnet.commands.config", "validate config files; print the merged config"),
+    ("schema", "healnet.commands.schema", "write the config JSON schema (workflow/schemas)"),
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_params(text: str | None, model: type[M]) -> M:
+    """A stage's parameters, passed by the rule as JSON and validated by the config model."""
+    return model.model_validate(json.loads(text) if text else {})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="healnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"healnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--log", help="also write the log to this file")
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    try:
+        result = args._run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Errors meant for the user: one clear message, no traceback.
+        logging.getLogger("healnet").error("%s", err)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

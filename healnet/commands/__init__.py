@@ -1,0 +1,1 @@
+"""Thin CLI front-ends: parse arguments, call the package function."""

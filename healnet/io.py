@@ -1,0 +1,51 @@
+"""Atomic writes: an interrupted job never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories (e.g. Zarr stores). The sibling lives in the same folder so
+    the final rename is atomic on POSIX file systems.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_tsv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
+    """Write a TSV (gzip when the name ends in .gz) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        compression = "gzip" if path.suffix == ".gz" else None
+        df.to_csv(tmp, sep="\t", index=False, compression=compression, **kwargs)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)

@@ -1,0 +1,59 @@
+"""Sample sheets: `case_id`, `slide_id`, `path`, optional `mpp`; one row per slide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ["case_id", "slide_id", "path"]
+OPTIONAL = ["mpp"]
+
+
+def read_sample_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
+    """Read and check a sample sheet; every problem is an error naming the file, row and fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sample sheet {path} does not exist; check `cohorts.<name>.slides` in the config")
+    sheet = pd.read_csv(path, sep="\t", dtype={"case_id": str, "slide_id": str, "path": str})
+    missing = [c for c in REQUIRED if c not in sheet.columns]
+    if missing:
+        raise ValueError(
+            f"sample sheet {path}: missing column(s) {missing}; found {list(sheet.columns)}. "
+            f"A sample sheet is a TSV with columns {REQUIRED} and optionally {OPTIONAL}."
+        )
+    unknown = [c for c in sheet.columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ValueError(f"sample sheet {path}: unknown column(s) {unknown}; allowed: {REQUIRED + OPTIONAL}")
+    for col in REQUIRED:
+        empty = sheet.index[sheet[col].isna() | (sheet[col].astype(str).str.strip() == "")]
+        if len(empty):
+            rows = ", ".join(str(i + 2) for i in empty)  # +2: header line, 1-based
+            raise ValueError(f"sample sheet {path}: empty `{col}` in line(s) {rows}; fill it in or drop the row")
+    dup = sheet["slide_id"].duplicated(keep=False)
+    if dup.any():
+        lines = ", ".join(f"{sid!r} (lines {', '.join(str(i + 2) for i in grp.index)})"
+                          for sid, grp in sheet[dup].groupby("slide_id"))
+        raise ValueError(f"sample sheet {path}: duplicate slide_id {lines}; each slide must appear once")
+    bad_ids = sheet["slide_id"][sheet["slide_id"].str.contains(r"[/\s]", regex=True)]
+    if len(bad_ids):
+        raise ValueError(
+            f"sample sheet {path}: slide_id must not contain '/' or spaces (used in file names): {list(bad_ids)}"
+        )
+    if "mpp" in sheet.columns:
+        sheet["mpp"] = pd.to_numeric(sheet["mpp"], errors="coerce")
+        bad = sheet.index[sheet["mpp"].notna() & (sheet["mpp"] <= 0)]
+        if len(bad):
+            raise ValueError(f"sample sheet {path}: `mpp` must be > 0 (line(s) {', '.join(str(i + 2) for i in bad)})")
+    else:
+        sheet["mpp"] = float("nan")
+    if check_files:
+        absent = [(i + 2, p) for i, p in sheet["path"].items() if not Path(p).exists()]
+        if absent:
+            listing = "; ".join(f"line {line}: {p}" for line, p in absent[:10])
+            more = f" (and {len(absent) - 10} more)" if len(absent) > 10 else ""
+            raise FileNotFoundError(
+                f"sample sheet {path}: slide file(s) not found: {listing}{more}. "
+                "Paths are relative to the working directory; fix the `path` column or fetch the slides."
+            )
+    return sheet

@@ -1,0 +1,1 @@
+"""healnet.wsi"""
