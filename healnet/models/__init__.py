@@ -10,10 +10,13 @@ Contract shared by all models (HEALNet and baselines):
     batch["wsi_mask"]   bool (B, N), True for real patches (key-padding mask)
     batch["present"][m] bool (B,), the modality is present for that sample
   A sample with no modality present is an error.
+- a model that needs the omic feature names (e.g. to group genes into families) declares a
+  `feature_names: dict[str, list[str]]` keyword; `build_model` passes it only to those.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -29,11 +32,21 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return deco
 
 
-def build_model(architecture: str, input_dims: dict[str, int], n_bins: int, params: dict | None = None) -> nn.Module:
+def build_model(
+    architecture: str,
+    input_dims: dict[str, int],
+    n_bins: int,
+    params: dict | None = None,
+    feature_names: dict[str, list[str]] | None = None,
+) -> nn.Module:
     _import_all()
     if architecture not in REGISTRY:
         raise ValueError(f"unknown model architecture {architecture!r}; known: {sorted(REGISTRY)}")
-    return REGISTRY[architecture](input_dims=input_dims, n_bins=n_bins, **(params or {}))
+    cls = REGISTRY[architecture]
+    kwargs = dict(params or {})
+    if "feature_names" in inspect.signature(cls.__init__).parameters:
+        kwargs["feature_names"] = feature_names or {}
+    return cls(input_dims=input_dims, n_bins=n_bins, **kwargs)
 
 
 def _import_all() -> None:
