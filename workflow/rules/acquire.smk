@@ -6,11 +6,11 @@ checkpoint demo_cohort:
         sheet="data/{cohort}/slides.tsv",
         table="data/{cohort}/clinical_omics.csv",
         truth="data/{cohort}/truth.tsv",
-    params:
-        demo=section_json("demo"),
     log:
         "logs/{cohort}/demo_cohort.log",
     conda:
         "../../envs/healnet.yaml"
+    params:
+        demo=section_json("demo"),
     shell:
         "healnet demo-cohort --outdir data/{wildcards.cohort} --params {params.demo:q} --log {log}"

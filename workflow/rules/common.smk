@@ -10,7 +10,9 @@ from healnet.sheets import read_sample_sheet
 
 # Friendly check first (names the bad key and the allowed ones), then the JSON schema.
 try:
-    CFG = parse_config(config, source="the workflow config (config.yaml + --configfile/--config)")
+    CFG = parse_config(
+        config, source="the workflow config (config.yaml + --configfile/--config)"
+    )
 except ConfigError as err:
     raise WorkflowError(str(err))
 validate(config, "../schemas/config.schema.yaml")
@@ -92,7 +94,9 @@ def n_folds(name):
     if c.splits:
         files = sorted(Path(c.splits).glob("splits_*.csv"))
         if not files:
-            raise WorkflowError(f"cohorts.{name}.splits: no splits_*.csv files in {c.splits}")
+            raise WorkflowError(
+                f"cohorts.{name}.splits: no splits_*.csv files in {c.splits}"
+            )
         return len(files)
     return CFG.splits.n_folds
 
