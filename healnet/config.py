@@ -104,13 +104,20 @@ class Omics(Strict):
     ]
     omic_types: list[str] = ["rnaseq", "cnv", "mut"]
     rnaseq_clip: float = Field(5.0, gt=0, description="Clip z-scored rnaseq to +-this value.")
-    missing_indicator: bool = False
+    rnaseq_winsor_quantile: float = Field(
+        0.01, ge=0, lt=0.5, description="Clip rnaseq to these train-fold quantiles before the z-score (0: off)."
+    )
+    drop_train_constant: bool = Field(True, description="Drop features constant on the training split of a fold.")
+    missing_indicator: bool = Field(False, description="Append a 0/1 column per feature with missing train values.")
     clinical_features: bool = Field(False, description="Add age and sex as features.")
 
 
 class Labels(Strict):
     n_bins: int = Field(4, ge=2)
-    edges_from: Literal["cohort", "train"] = "cohort"
+    edges_from: Literal["cohort", "train"] = Field(
+        "cohort", description="Bin edges from the whole cohort (published baselines) or each fold's training split."
+    )
+    eps: float = Field(1e-6, gt=0, description="Outer edges are the cohort min - eps and max + eps.")
 
 
 class Splits(Strict):

@@ -103,3 +103,16 @@ def n_folds(name):
 
 def cohort_models(name):
     return CFG.cohort_models(name)
+
+
+def clinical_omics_input(wildcards):
+    """The cohort's clinical + omics table (input of the omics and labels rules)."""
+    return clinical_omics_path(wildcards.cohort)
+
+
+def provided_split_files(wildcards):
+    """The cohort's splits_{k}.csv files (k < n_folds); none when the folds are generated."""
+    c = cohort(wildcards.cohort)
+    if not c.splits:
+        return []
+    return [str(Path(c.splits) / f"splits_{k}.csv") for k in range(n_folds(wildcards.cohort))]
