@@ -22,6 +22,7 @@ from healnet.logs import setup_logging
 COMMANDS: list[tuple[str, str, str]] = [
     ("validate-config", "healnet.commands.config", "validate config files; print the merged config"),
     ("schema", "healnet.commands.schema", "write the config JSON schema (workflow/schemas)"),
+    ("demo-cohort", "healnet.commands.demo", "write the synthetic demo cohort (slides, sheet, table, truth)"),
     ("omics", "healnet.commands.omics", "per-patient omics matrix of a cohort (omics.tsv.gz)"),
     ("labels", "healnet.commands.labels", "survival labels and discrete-time bins (labels.tsv)"),
     ("splits", "healnet.commands.splits", "patient-level cross-validation folds (splits/fold{k}.tsv)"),

@@ -39,11 +39,13 @@ class Cohort(Strict):
 
 
 class Demo(Strict):
-    """Synthetic demo cohort generator."""
+    """Synthetic demo cohort generator (`healnet demo-cohort`; planted signal: healnet/demo/cohort.py)."""
 
     n_patients: int = Field(40, ge=4)
     seed: int = 0
-    slide_size_um: list[float] = Field([2400.0, 1800.0], min_length=2, max_length=2)
+    slide_size_um: list[float] = Field(
+        [1600.0, 1200.0], min_length=2, max_length=2, description="Slide width, height in um (tissue covers ~20%)."
+    )
     frac_two_slides: float = Field(0.2, ge=0, le=1)
     frac_no_slide: float = Field(0.1, ge=0, le=1)
     frac_no_omics: float = Field(0.1, ge=0, le=1)
@@ -51,6 +53,20 @@ class Demo(Strict):
     n_cnv: int = Field(20, ge=1)
     n_mut: int = Field(20, ge=1)
     censoring: float = Field(0.45, ge=0, le=0.9, description="Target censored fraction.")
+    svs_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of slides written as Aperio SVS at 0.25 um/px; the rest generic TIFF at 0.5."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100)
+
+    @model_validator(mode="after")
+    def _one_modality_each(self) -> "Demo":
+        if self.frac_no_slide + self.frac_no_omics > 1:
+            raise ValueError(
+                "demo.frac_no_slide + demo.frac_no_omics must be <= 1: every patient keeps at least one modality"
+            )
+        if min(self.slide_size_um) < 200:
+            raise ValueError("demo.slide_size_um: each side must be >= 200 um to hold tissue")
+        return self
 
 
 class SlideReading(Strict):

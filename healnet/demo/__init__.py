@@ -1,1 +1,5 @@
-"""healnet.demo"""
+"""Synthetic demo cohort with real file formats and a planted signal.
+
+`cohort`: patients, survival, omics table, missing modalities (the signal is documented there);
+`slides`: H&E-like pyramidal SVS/TIFF slides that OpenSlide opens with their mpp.
+"""
