@@ -1,0 +1,214 @@
+"""HEALNet: hybrid early-fusion attention learning (Hemker et al., 2024), with per-sample missing
+modalities.
+
+A learned latent array S (num_latents x latent_dim) is shared across modalities. Each fusion layer
+updates S once per modality, in order, with that modality's cross-attention (query = S, keys/values =
+the modality's tokens) and feed-forward, then runs `self_per_cross_attn` latent self-attention blocks.
+All blocks are pre-norm with residuals. Layers after the first share weights (`share_weights`).
+The head reads S: mean over latents -> LayerNorm -> Linear to the survival bins (logits).
+
+Tokens (one per input element, as in the paper, not the reference code's single omic token):
+- WSI: one token per patch, the patch feature vector (B, N, D), with a key-padding mask;
+- tabular (omics, rnaseq, cnv, mut, clinical): one token per feature. `feature_encoding="learned"`:
+  token_f = v_f * W_f + E_f (a per-feature value embedding plus a learned feature identity, as in
+  FT-Transformer); `"fourier"`: token_f = [v_f, fourier(position of f)] as in Perceiver/HEALNet.
+
+Missing modalities: a sample without modality m keeps S unchanged at m's update steps. The update
+is computed on the present samples only (index_select, then index_copy back), so nothing - no zero or
+random tensor - is ever attended to in place of a missing modality.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from healnet.models import register
+from healnet.models.attention import Attention, FeedForward
+
+WSI = "wsi"
+
+
+def fourier_features(n: int, num_bands: int, max_freq: float) -> torch.Tensor:
+    """Perceiver position encoding of n positions in [-1, 1]: (n, 2 * num_bands + 1)."""
+    pos = torch.linspace(-1.0, 1.0, n).unsqueeze(-1)  # (n, 1)
+    freqs = torch.linspace(1.0, max_freq / 2, num_bands)  # (bands,)
+    angles = pos * freqs * math.pi  # (n, bands)
+    return torch.cat([angles.sin(), angles.cos(), pos], dim=-1)
+
+
+class TabularTokens(nn.Module):
+    """(B, F) feature values -> (B, F, token_dim) tokens, one per feature."""
+
+    def __init__(
+        self, n_features: int, dim: int, encoding: str = "learned", num_freq_bands: int = 6, max_freq: float = 10.0
+    ):
+        super().__init__()
+        self.encoding = encoding
+        if encoding == "learned":
+            bound = 1.0 / math.sqrt(dim)  # FT-Transformer's initialisation
+            self.weight = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+            self.identity = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+            self.out_dim = dim
+        elif encoding == "fourier":
+            self.register_buffer("pos", fourier_features(n_features, num_freq_bands, max_freq), persistent=False)
+            self.out_dim = 1 + self.pos.shape[1]
+        else:
+            raise ValueError(f"HEALNet: feature_encoding must be 'learned' or 'fourier', got {encoding!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoding == "learned":
+            return x.unsqueeze(-1) * self.weight + self.identity  # (B, F, dim)
+        pos = self.pos.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, F, 2K+1)
+        return torch.cat([x.unsqueeze(-1), pos], dim=-1)  # (B, F, 2K+2)
+
+
+class FusionLayer(nn.Module):
+    """One HEALNet layer: per modality cross-attention + FF, then latent self-attention blocks."""
+
+    def __init__(self, token_dims: dict[str, int], latent_dim: int, self_blocks: int, hp: dict[str, Any]):
+        super().__init__()
+        attn_kw = dict(
+            heads=hp["heads"], dim_head=hp["dim_head"], dropout=hp["attn_dropout"],
+            temperature=hp["temperature"], out_activation=hp["out_activation"],
+        )
+        ff_kw = dict(mult=hp["ff_mult"], dropout=hp["ff_dropout"], snn=hp["snn"])
+        self.cross_attn = nn.ModuleDict({m: Attention(latent_dim, d, **attn_kw) for m, d in token_dims.items()})
+        self.cross_ff = nn.ModuleDict({m: FeedForward(latent_dim, **ff_kw) for m in token_dims})
+        self.self_attn = nn.ModuleList(
+            [Attention(latent_dim, heads=hp["self_heads"], dim_head=hp["dim_head"], dropout=hp["attn_dropout"],
+                       temperature=hp["temperature"], out_activation=hp["out_activation"]) for _ in range(self_blocks)]
+        )
+        self.self_ff = nn.ModuleList([FeedForward(latent_dim, **ff_kw) for _ in range(self_blocks)])
+
+
+@register("healnet")
+class HEALNet(nn.Module):
+    """HEALNet survival model over any number of modalities (see the module docstring).
+
+    input_dims: modality -> size (wsi: patch feature dim D; tabular: number of features F), in the
+    order the modalities update the latents. Returns logits (B, n_bins); hazards = sigmoid(logits).
+    """
+
+    def __init__(
+        self,
+        input_dims: dict[str, int],
+        n_bins: int,
+        depth: int = 2,
+        num_latents: int = 16,
+        latent_dim: int = 32,
+        heads: int = 4,
+        self_heads: int = 4,
+        dim_head: int = 16,
+        self_per_cross_attn: int = 1,
+        ff_mult: int = 2,
+        attn_dropout: float = 0.1,
+        ff_dropout: float = 0.1,
+        snn: bool = False,
+        share_weights: bool = True,
+        feature_encoding: str = "learned",
+        token_dim: int = 16,
+        num_freq_bands: int = 6,
+        max_freq: float = 10.0,
+        temperature: float = 1.0,
+        out_activation: bool = False,
+    ):
+        super().__init__()
+        if not input_dims:
+            raise ValueError("HEALNet needs at least one modality in input_dims")
+        if depth < 1:
+            raise ValueError(f"HEALNet: depth must be >= 1, got {depth}")
+        self.modalities = list(input_dims)
+        self.n_bins = n_bins
+        self.tokenizers = nn.ModuleDict()
+        token_dims: dict[str, int] = {}
+        for m, size in input_dims.items():
+            if m == WSI:
+                token_dims[m] = size  # patch features are the tokens
+            else:
+                tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
+                self.tokenizers[m] = tok
+                token_dims[m] = tok.out_dim
+        hp = dict(
+            heads=heads, self_heads=self_heads, dim_head=dim_head, attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout, ff_mult=ff_mult, snn=snn, temperature=temperature,
+            out_activation=out_activation,
+        )
+        self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
+        layers: list[FusionLayer] = []
+        for i in range(depth):
+            if share_weights and i >= 2:
+                layers.append(layers[1])  # layers after the first share one set of weights
+            else:
+                layers.append(FusionLayer(token_dims, latent_dim, self_per_cross_attn, hp))
+        self.layers = nn.ModuleList(layers)
+        self.head = nn.Sequential(nn.LayerNorm(latent_dim), nn.Linear(latent_dim, n_bins))
+
+    def _present(self, batch: dict, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        given = batch.get("present", {})
+        present = {}
+        for m in self.modalities:
+            if m in batch and m in given:
+                present[m] = given[m].to(device=device, dtype=torch.bool)
+            elif m in batch:
+                present[m] = torch.ones(batch_size, dtype=torch.bool, device=device)
+            else:  # modality not given at all: absent for every sample
+                present[m] = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        any_present = torch.stack(list(present.values())).any(dim=0)
+        if not bool(any_present.all()):
+            bad = (~any_present).nonzero().flatten().tolist()
+            raise ValueError(
+                f"HEALNet: samples {bad} of the batch have none of the model's modalities {self.modalities}; "
+                "drop such patients before calling the model"
+            )
+        return present
+
+    def forward(self, batch: dict, return_attention: bool = False):
+        """batch per the registry contract -> logits (B, n_bins).
+
+        With `return_attention=True` returns (logits, attention), attention[m][layer] a (B, N_m)
+        tensor of token scores (mean over heads and latents); NaN rows for samples without m.
+        """
+        first = next((batch[m] for m in self.modalities if m in batch), None)
+        if first is None:
+            raise ValueError(f"HEALNet: the batch holds none of the model's modalities {self.modalities}")
+        b, device = first.shape[0], first.device
+        present = self._present(batch, b, device)
+        tokens = {
+            m: (batch[m] if m == WSI else self.tokenizers[m](batch[m]))
+            for m in self.modalities
+            if m in batch
+        }
+        s = self.latents.unsqueeze(0).expand(b, -1, -1)  # (B, L, d)
+        attention: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
+        for layer in self.layers:
+            for m in self.modalities:
+                idx = present[m].nonzero().flatten()
+                if idx.numel() == 0:
+                    if return_attention:
+                        n = tokens[m].shape[1] if m in tokens else 0
+                        attention[m].append(torch.full((b, n), float("nan"), device=device))
+                    continue
+                everyone = idx.numel() == b
+                s_m = s if everyone else s.index_select(0, idx)  # (b_m, L, d)
+                ctx = tokens[m] if everyone else tokens[m].index_select(0, idx)  # (b_m, N, c)
+                mask = batch.get(f"{m}_mask")
+                if mask is not None and not everyone:
+                    mask = mask.index_select(0, idx)
+                upd, w = layer.cross_attn[m](s_m, ctx, mask=mask, return_attention=return_attention)
+                s_m = s_m + upd
+                s_m = s_m + layer.cross_ff[m](s_m)
+                s = s_m if everyone else s.index_copy(0, idx, s_m)  # masked residual
+                if return_attention:
+                    full = torch.full((b, ctx.shape[1]), float("nan"), device=device, dtype=w.dtype)
+                    attention[m].append(full.index_copy(0, idx, w))
+            for attn, ff in zip(layer.self_attn, layer.self_ff):
+                s = s + attn(s)[0]
+                s = s + ff(s)
+        logits = self.head(s.mean(dim=1))  # (B, n_bins)
+        if return_attention:
+            return logits, attention
+        return logits
