@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +215,46 @@ def test_fold_ids_helper_and_transform_needs_training_omics(tmp_path):
     fold = pd.DataFrame({"split": ["train", "test"]}, index=pd.Index(["x", "b"], name="case_id"))
     with pytest.raises(ValueError, match="none of the 1 training patients has omics"):
         fit_omics_transform(df, fold_ids(fold, "train"), Omics())
+
+
+def test_snakemake_omics_labels_splits(repo, tmp_path):
+    """The three rules for real: a generated-folds cohort and one with provided splits_{k}.csv."""
+    table = tiny_table(n=30)
+    table.to_csv(tmp_path / "table.csv", index=False)
+    ids = list(pd.unique(table["case_id"]))
+    (tmp_path / "splits").mkdir()
+    for k in range(2):
+        test, train = ids[k::2], [c for c in ids if c not in ids[k::2]]
+        pd.DataFrame({"train": pd.Series(train), "val": pd.Series(test)}).to_csv(tmp_path / "splits" / f"splits_{k}.csv")
+    (tmp_path / "extra.yaml").write_text(
+        "cohorts:\n"
+        "  tiny: {clinical_omics: table.csv}\n"
+        "  given: {clinical_omics: table.csv, splits: splits}\n"
+        "splits: {n_folds: 3, inner_val_fraction: 0.2}\n"
+    )
+    targets = [f"results/tiny/splits/fold{k}.tsv" for k in range(3)] + ["results/tiny/omics.tsv.gz"]
+    targets += [f"results/given/splits/fold{k}.tsv" for k in range(2)]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
+        "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", *targets,
+    ]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the rules call `healnet`
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    omics = load_omics(tmp_path / "results/tiny/omics.tsv.gz")
+    labels = pd.read_csv(tmp_path / "results/tiny/labels.tsv", sep="\t")
+    assert list(labels.columns) == ["case_id", "survival_months", "censorship", "event", "bin"]
+    assert len(labels) == 30 and len(omics) == 29 and "TCGA-XX-0002" in set(labels["case_id"])
+    held_out = []
+    for k in range(3):
+        fold = pd.read_csv(tmp_path / f"results/tiny/splits/fold{k}.tsv", sep="\t")
+        assert fold["split"].value_counts().to_dict() == {"train": 16, "test": 10, "val": 4}
+        held_out += fold.loc[fold["split"] == "test", "case_id"].tolist()
+    assert sorted(held_out) == sorted(ids)
+    given = pd.read_csv(tmp_path / "results/given/splits/fold1.tsv", sep="\t").set_index("case_id")["split"]
+    assert sorted(given[given == "test"].index) == sorted(ids[1::2])
+    assert "healnet.survival.labels" in (tmp_path / "logs/tiny/labels.log").read_text()
+    # a second run has nothing to do: outputs are complete and up to date
+    again = subprocess.run(cmd + ["--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr

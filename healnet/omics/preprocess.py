@@ -93,7 +93,11 @@ def load_omics(path: str | Path) -> pd.DataFrame:
     dup = df["case_id"][df["case_id"].duplicated()].tolist()
     if dup:
         raise ValueError(f"omics matrix {path}: duplicate case_id(s) {dup[:10]}; regenerate it with `healnet omics`")
-    return df.set_index("case_id").astype(float)
+    features = df.drop(columns="case_id")
+    # one float block (not one per source dtype), so callers can add columns without fragmentation
+    return pd.DataFrame(
+        features.to_numpy(dtype=float), index=pd.Index(df["case_id"], name="case_id"), columns=features.columns
+    )
 
 
 @dataclass

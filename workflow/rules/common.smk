@@ -115,4 +115,7 @@ def provided_split_files(wildcards):
     c = cohort(wildcards.cohort)
     if not c.splits:
         return []
-    return [str(Path(c.splits) / f"splits_{k}.csv") for k in range(n_folds(wildcards.cohort))]
+    return [
+        str(Path(c.splits) / f"splits_{k}.csv")
+        for k in range(n_folds(wildcards.cohort))
+    ]
