@@ -97,12 +97,18 @@ def generate_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[
     if len(ids) < n_folds:
         raise ValueError(f"{len(ids)} patients cannot make {n_folds} folds; lower splits.n_folds")
     for name, y in zip(("bin x event", "event", "none"), _strata(labels, ids)):
-        if np.unique(y, return_counts=True)[1].min() >= n_folds or name == "none":
+        counts = np.unique(y, return_counts=True)[1]
+        # StratifiedKFold copes with strata smaller than n_folds (they just cannot be in every
+        # fold) but needs at least one stratum of n_folds patients.
+        if counts.max() >= n_folds:
             break
-        log.info("some %s strata have fewer than %d patients; trying a coarser stratification", name, n_folds)
+    if counts.min() < n_folds:
+        log.info("%d of %d %s strata have fewer than %d patients", (counts < n_folds).sum(), len(counts), name, n_folds)
     log.info("generating %d folds, stratified on %s, seed %d", n_folds, name, seed)
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return [(list(ids[tr]), list(ids[te])) for tr, te in skf.split(ids, y)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" (logged above)
+        return [(list(ids[tr]), list(ids[te])) for tr, te in skf.split(ids, y)]
 
 
 def carve_inner_val(labels: pd.DataFrame, train: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
