@@ -22,6 +22,10 @@ from healnet.logs import setup_logging
 COMMANDS: list[tuple[str, str, str]] = [
     ("validate-config", "healnet.commands.config", "validate config files; print the merged config"),
     ("schema", "healnet.commands.schema", "write the config JSON schema (workflow/schemas)"),
+    ("gdc-manifest", "healnet.commands.gdc_manifest", "list a GDC project's diagnostic slides (manifest TSV)"),
+    ("gdc-download", "healnet.commands.gdc_download", "download GDC slides: resumable, md5-verified"),
+    ("gdc-sheet", "healnet.commands.gdc_sheet", "sample sheet of a GDC cohort from its manifest"),
+    ("fetch-table", "healnet.commands.fetch_table", "download a clinical + omics table or split, sha256-verified"),
     ("demo-cohort", "healnet.commands.demo", "write the synthetic demo cohort (slides, sheet, table, truth)"),
     ("omics", "healnet.commands.omics", "per-patient omics matrix of a cohort (omics.tsv.gz)"),
     ("labels", "healnet.commands.labels", "survival labels and discrete-time bins (labels.tsv)"),

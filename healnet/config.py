@@ -8,11 +8,15 @@ name the key and the allowed ones. The JSON schema is generated from these model
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+SHA256 = r"^[0-9a-f]{64}$"
 
 
 class Strict(BaseModel):
@@ -36,6 +40,50 @@ class Cohort(Strict):
     mpp: float | None = Field(None, gt=0, description="Level-0 um/px override when a slide carries none.")
     encoder: str | None = Field(None, description="Encoder name (key of `encoders`); default `features.encoder`.")
     models: list[str] | None = Field(None, description="Models to train; default `training.models`.")
+    gdc_cases: list[str] | None = Field(
+        None, description="GDC: only these patients (12-character barcodes, e.g. TCGA-2F-A9KO)."
+    )
+    gdc_max_files: int | None = Field(None, ge=1, description="GDC: at most this many slides (a quick try).")
+    clinical_omics_url: str | None = Field(
+        None,
+        description="Download `clinical_omics` from here (default for known TCGA projects: the pinned PORPOISE table).",
+    )
+    clinical_omics_sha256: str | None = Field(None, pattern=SHA256, description="Checksum of the downloaded table.")
+    splits_url: str | None = Field(
+        None, description="Download splits from here; `{k}` stands for the fold number (0, 1, ...)."
+    )
+    splits_sha256: list[str] | None = Field(
+        None, description="Checksum of each downloaded split file, fold 0 first; their number sets the folds."
+    )
+
+    @model_validator(mode="after")
+    def _downloads_are_pinned(self) -> "Cohort":
+        if self.clinical_omics_url and not self.clinical_omics_sha256:
+            raise ValueError(
+                "clinical_omics_url needs clinical_omics_sha256 (compute it with `sha256sum FILE`)"
+            )
+        if self.splits_url:
+            if "{k}" not in self.splits_url:
+                raise ValueError(f"splits_url {self.splits_url!r} must contain {{k}} for the fold number")
+            if not self.splits_sha256:
+                raise ValueError("splits_url needs splits_sha256, one checksum per fold (`sha256sum FILE`)")
+            bad = [h for h in self.splits_sha256 if not re.fullmatch(SHA256, h)]
+            if bad:
+                raise ValueError(f"splits_sha256: not 64 lowercase hex digits: {bad}")
+        return self
+
+
+class Gdc(Strict):
+    """How to talk to the GDC API (which slides to fetch is per cohort: gdc_project, gdc_cases, ...)."""
+
+    base_url: str = Field("https://api.gdc.cancer.gov", description="GDC API root (files, data, projects).")
+    token_file: str | None = Field(None, description="GDC token file, needed only for controlled-access files.")
+    retries: int = Field(8, ge=0, description="Retries after a 5xx, 429, timeout or broken connection.")
+    backoff_s: float = Field(2.0, ge=0, description="First wait before a retry; doubles each time, at most 120 s.")
+    connect_timeout_s: float = Field(30.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0, description="Longest silence inside a response.")
+    page_size: int = Field(500, ge=1, le=10000, description="Records per `files` query page.")
+
 
 
 class Demo(Strict):
@@ -186,6 +234,16 @@ class Config(Strict):
         "healnet": ModelSpec(architecture="healnet", modalities=["wsi", "omics"]),
     }
     evaluation: Evaluation = Evaluation()
+    gdc: Gdc = Gdc()
+
+    @model_validator(mode="after")
+    def _gdc_cohort_paths(self) -> "Config":
+        """Fill in where a GDC cohort's sheet and downloaded tables live (see healnet/acquire)."""
+        from healnet.acquire.tables import resolve_cohort_downloads
+
+        for name, cohort in self.cohorts.items():
+            resolve_cohort_downloads(name, cohort)
+        return self
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "Config":

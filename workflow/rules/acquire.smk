@@ -8,9 +8,120 @@ checkpoint demo_cohort:
         truth="data/{cohort}/truth.tsv",
     log:
         "logs/{cohort}/demo_cohort.log",
+    wildcard_constraints:
+        cohort=synthetic_cohorts_regex(),
     conda:
         "../../envs/healnet.yaml"
     params:
         demo=section_json("demo"),
     shell:
         "healnet demo-cohort --outdir data/{wildcards.cohort} --params {params.demo:q} --log {log}"
+
+
+# --- GDC: manifest (an explicit step), one download job per slide, then the sample sheet ---
+# `snakemake data/{cohort}/gdc_manifest.tsv` queries the GDC; nothing else runs it (see
+# check_gdc_manifest in common.smk), so a cohort stays the same set of files until rebuilt.
+
+
+rule gdc_manifest:
+    output:
+        manifest="data/{cohort}/gdc_manifest.tsv",
+        query="data/{cohort}/gdc_manifest.json",
+    log:
+        "logs/{cohort}/gdc_manifest.log",
+    wildcard_constraints:
+        cohort=gdc_cohorts_regex(),
+    conda:
+        "../../envs/healnet.yaml"
+    threads: 1
+    resources:
+        gdc_connections=1,
+    params:
+        project=gdc_project,
+        query=gdc_query_args,
+        connection=gdc_connection,
+    shell:
+        "healnet gdc-manifest --project {params.project} {params.query} --out {output.manifest} "
+        "--params {params.connection:q} --log {log}"
+
+
+rule gdc_download:
+    output:
+        "data/{cohort}/slides/{file_name}",
+    log:
+        "logs/{cohort}/gdc_download/{file_name}.log",
+    wildcard_constraints:
+        cohort=gdc_cohorts_regex(),
+        file_name=r"[^/]+",
+    conda:
+        "../../envs/healnet.yaml"
+    threads: 1
+    resources:
+        gdc_connections=1,
+    params:
+        file_id=gdc_file_id,
+        md5=gdc_md5,
+        size=gdc_size,
+        connection=gdc_connection,
+    shell:
+        "healnet gdc-download --file-id {params.file_id} --md5 {params.md5} --size {params.size} "
+        "--out {output} --params {params.connection:q} --log {log}"
+
+
+# The sheet lists downloaded files only, so it is a checkpoint: the slides' jobs appear after it.
+checkpoint gdc_sheet:
+    input:
+        gdc_slide_files,
+    output:
+        sheet="data/{cohort}/slides.tsv",
+    log:
+        "logs/{cohort}/gdc_sheet.log",
+    wildcard_constraints:
+        cohort=gdc_cohorts_regex(),
+    conda:
+        "../../envs/healnet.yaml"
+    params:
+        manifest=gdc_manifest_path("{cohort}"),
+    shell:
+        "healnet gdc-sheet --manifest {params.manifest} --slides-dir data/{wildcards.cohort}/slides "
+        "--out {output.sheet} --log {log}"
+
+
+rule fetch_clinical_omics:
+    output:
+        "data/{cohort}/clinical_omics.csv.zip",
+    log:
+        "logs/{cohort}/fetch_clinical_omics.log",
+    wildcard_constraints:
+        cohort=table_cohorts_regex(),
+    conda:
+        "../../envs/healnet.yaml"
+    resources:
+        gdc_connections=1,
+    params:
+        url=table_url,
+        sha256=table_sha256,
+        connection=gdc_connection,
+    shell:
+        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
+        "--params {params.connection:q} --log {log}"
+
+
+rule fetch_split:
+    output:
+        "data/{cohort}/splits/splits_{fold}.csv",
+    log:
+        "logs/{cohort}/fetch_split_{fold}.log",
+    wildcard_constraints:
+        cohort=split_cohorts_regex(),
+    conda:
+        "../../envs/healnet.yaml"
+    resources:
+        gdc_connections=1,
+    params:
+        url=split_url,
+        sha256=split_sha256,
+        connection=gdc_connection,
+    shell:
+        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
+        "--params {params.connection:q} --log {log}"

@@ -40,6 +40,9 @@ def sample_sheet_path(name):
     c = cohort(name)
     if c.synthetic:
         return checkpoints.demo_cohort.get(cohort=name).output.sheet
+    if c.gdc_project:
+        check_gdc_manifest(name)
+        return checkpoints.gdc_sheet.get(cohort=name).output.sheet
     return c.slides
 
 
@@ -91,6 +94,8 @@ def clinical_omics_path(name):
 
 def n_folds(name):
     c = cohort(name)
+    if c.splits_url:
+        return len(c.splits_sha256)  # downloaded splits: one pinned file per fold
     if c.splits:
         files = sorted(Path(c.splits).glob("splits_*.csv"))
         if not files:
@@ -119,3 +124,148 @@ def provided_split_files(wildcards):
         str(Path(c.splits) / f"splits_{k}.csv")
         for k in range(n_folds(wildcards.cohort))
     ]
+
+
+# --- GDC cohorts and downloaded tables (healnet/acquire) ---
+
+
+def gdc_manifest_path(name):
+    return f"data/{name}/gdc_manifest.tsv"
+
+
+def check_gdc_manifest(name):
+    """Fail early, with the command to run, unless the manifest exists and matches the config."""
+    from healnet.acquire.gdc import ManifestQuery, read_manifest_query
+
+    c = cohort(name)
+    path = gdc_manifest_path(name)
+    build = (
+        f"build it first (it queries the GDC for the slides to download): "
+        f"`snakemake --cores 1 {path}`"
+    )
+    if not Path(path).is_file():
+        raise WorkflowError(
+            f"cohort {name!r}: the GDC manifest {path} does not exist; {build}"
+        )
+    wanted = ManifestQuery(
+        c.gdc_project, sorted(c.gdc_cases) if c.gdc_cases else None, c.gdc_max_files
+    )
+    built = read_manifest_query(path)
+    if built != wanted:
+        was = built.describe() if built else "an unknown query (no .json next to it)"
+        raise WorkflowError(
+            f"cohort {name!r}: the GDC manifest {path} was built for {was}, but the config "
+            f"(gdc_project, gdc_cases, gdc_max_files) asks for {wanted.describe()}; "
+            f"rebuild it: `snakemake --cores 1 {path}`"
+        )
+
+
+def synthetic_cohorts_regex():
+    """Only synthetic cohorts are generated: a real cohort's missing sheet must never be faked."""
+    return "|".join(n for n in COHORTS if cohort(n).synthetic) or "NO_SYNTHETIC_COHORT"
+
+
+def gdc_cohorts_regex():
+    return "|".join(n for n in COHORTS if cohort(n).gdc_project) or "NO_GDC_COHORT"
+
+
+def gdc_project(wildcards):
+    return cohort(wildcards.cohort).gdc_project
+
+
+def gdc_query_args(wildcards):
+    """Which slides the manifest lists: tracked as params, so changing them rebuilds the manifest."""
+    c = cohort(wildcards.cohort)
+    args = f"--max-files {c.gdc_max_files}" if c.gdc_max_files else ""
+    if c.gdc_cases:
+        args += " --cases " + " ".join(sorted(c.gdc_cases))
+    return args.strip()
+
+
+def gdc_manifest_rows(name):
+    from healnet.acquire.gdc import read_manifest
+
+    check_gdc_manifest(name)
+    return read_manifest(gdc_manifest_path(name)).set_index("file_name")
+
+
+def gdc_slide_files(wildcards):
+    """Every slide of the manifest, in data/{cohort}/slides/: the downloads the sheet waits for."""
+    rows = gdc_manifest_rows(wildcards.cohort)
+    return [f"data/{wildcards.cohort}/slides/{name}" for name in rows.index]
+
+
+def gdc_file(wildcards):
+    """Manifest row of one slide (file_id, md5sum, file_size): what identifies the download."""
+    rows = gdc_manifest_rows(wildcards.cohort)
+    if wildcards.file_name not in rows.index:
+        raise WorkflowError(
+            f"data/{wildcards.cohort}/slides/{wildcards.file_name} is not in the GDC manifest "
+            f"{gdc_manifest_path(wildcards.cohort)}"
+        )
+    return rows.loc[wildcards.file_name]
+
+
+def gdc_file_id(wildcards):
+    return gdc_file(wildcards)["file_id"]
+
+
+def gdc_md5(wildcards):
+    return gdc_file(wildcards)["md5sum"]
+
+
+def gdc_size(wildcards):
+    return int(gdc_file(wildcards)["file_size"])
+
+
+class Untracked:
+    """A params value Snakemake leaves out of its rerun trigger, shown as its text in commands.
+
+    Snakemake records params of builtin types only (snakemake.persistence._serialize_param) and
+    reruns a job whose recorded params changed. Connection settings do not change what a download
+    is (the checksum says that), so a new timeout or token file must not re-fetch 400 GB of slides.
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def gdc_connection(wildcards):
+    """The `gdc` section (base_url, token_file, retries, timeouts) as untracked JSON."""
+    return Untracked(section_json("gdc"))
+
+
+def table_cohorts_regex():
+    return (
+        "|".join(n for n in COHORTS if cohort(n).clinical_omics_url)
+        or "NO_TABLE_COHORT"
+    )
+
+
+def split_cohorts_regex():
+    return "|".join(n for n in COHORTS if cohort(n).splits_url) or "NO_SPLITS_COHORT"
+
+
+def table_url(wildcards):
+    return cohort(wildcards.cohort).clinical_omics_url
+
+
+def table_sha256(wildcards):
+    return cohort(wildcards.cohort).clinical_omics_sha256
+
+
+def split_url(wildcards):
+    return cohort(wildcards.cohort).splits_url.replace("{k}", wildcards.fold)
+
+
+def split_sha256(wildcards):
+    hashes = cohort(wildcards.cohort).splits_sha256
+    k = int(wildcards.fold)
+    if k >= len(hashes):
+        raise WorkflowError(
+            f"cohort {wildcards.cohort!r}: no split {k}; splits_sha256 pins {len(hashes)} folds"
+        )
+    return hashes[k]
