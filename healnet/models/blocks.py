@@ -8,12 +8,12 @@ and concatenating present with absent parts would amount to imputing the absent 
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from healnet.models.attention import lecun_normal_
 
 WSI = "wsi"
 
@@ -27,12 +27,10 @@ def tabular_modalities(input_dims: Mapping[str, int]) -> list[str]:
 
 
 def init_snn_(module: nn.Module) -> None:
-    """Self-normalising init for SELU/ELU nets: weights ~ N(0, 1/fan_in), zero bias (Klambauer 2017)."""
+    """Self-normalising init of every Linear in `module` (N(0, 1/fan_in), zero bias), as MCAT's SNN."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(m.weight.size(1)))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            lecun_normal_(m)
 
 
 def init_xavier_(module: nn.Module) -> None:
@@ -186,75 +184,3 @@ class GatedAttention(nn.Module):
         weights = masked_softmax(a, mask)  # (B, N)
         pooled = torch.einsum("bn,bnl->bl", weights, h)  # (B, L)
         return pooled, weights
-
-
-# --- Perceiver-style attention (pre-norm, scaled_dot_product_attention) --------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head (cross-)attention, queries from x, keys/values from ctx; key mask True = attend."""
-
-    def __init__(self, q_dim: int, kv_dim: int, heads: int = 4, dim_head: int = 32, dropout: float = 0.0) -> None:
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.dropout = dropout
-        self.to_q = nn.Linear(q_dim, inner, bias=False)
-        self.to_kv = nn.Linear(kv_dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, q_dim)
-
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, Q, q_dim); ctx: (B, K, kv_dim); key_mask: (B, K)
-        b, q_len, _ = x.shape
-        q = self.to_q(x).view(b, q_len, self.heads, -1).transpose(1, 2)  # (B, h, Q, d)
-        k, v = self.to_kv(ctx).chunk(2, dim=-1)
-        k = k.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)  # (B, h, K, d)
-        v = v.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, K)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, h, Q, d)
-        return self.to_out(out.transpose(1, 2).reshape(b, q_len, -1))  # (B, Q, q_dim)
-
-
-class FeedForward(nn.Module):
-    """Pre-norm position-wise MLP with GELU."""
-
-    def __init__(self, dim: int, mult: int = 2, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mult, dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class CrossBlock(nn.Module):
-    """Latents read the tokens: S <- S + Attn(LN(S), LN(tokens)); S <- S + FF(S)."""
-
-    def __init__(self, latent_dim: int, token_dim: int, heads: int, dim_head: int, dropout: float) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(latent_dim)
-        self.norm_kv = nn.LayerNorm(token_dim)
-        self.attn = Attention(latent_dim, token_dim, heads, dim_head, dropout)
-        self.ff = FeedForward(latent_dim, dropout=dropout)
-
-    def forward(self, s: torch.Tensor, tokens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        s = s + self.attn(self.norm_q(s), self.norm_kv(tokens), key_mask)  # (B, L, latent_dim)
-        return s + self.ff(s)
-
-
-class SelfBlock(nn.Module):
-    """Latent self-attention: S <- S + Attn(LN(S), LN(S)); S <- S + FF(S)."""
-
-    def __init__(self, latent_dim: int, heads: int, dim_head: int, dropout: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(latent_dim)
-        self.attn = Attention(latent_dim, latent_dim, heads, dim_head, dropout)
-        self.ff = FeedForward(latent_dim, dropout=dropout)
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        n = self.norm(s)
-        s = s + self.attn(n, n)
-        return s + self.ff(s)

@@ -19,47 +19,46 @@ import torch
 import torch.nn as nn
 
 from healnet.models import register
-from healnet.models.blocks import WSI, CrossBlock, SelfBlock, present_of, require_any, wsi_input
+from healnet.models.attention import Attention, FeedForward
+from healnet.models.blocks import WSI, present_of, require_any, wsi_input
+from healnet.models.healnet import TabularTokens
 
 
-class PatchTokens(nn.Module):
-    """Patch features (B, N, D) -> tokens (B, N, token_dim) with the WSI modality encoding."""
+class ModalityTokens(nn.Module):
+    """One modality's inputs -> tokens (B, n, token_dim) plus that modality's learned encoding e_m.
 
-    def __init__(self, in_dim: int, token_dim: int) -> None:
+    WSI: Linear(D, token_dim) per patch; tabular: x_j * w_j + p_j per feature (HEALNet's learned
+    feature-identity tokens).
+    """
+
+    def __init__(self, modality: str, in_dim: int, token_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, token_dim)
+        self.embed = nn.Linear(in_dim, token_dim) if modality == WSI else TabularTokens(in_dim, token_dim, "learned")
         self.modality = nn.Parameter(torch.randn(token_dim) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x) + self.modality
-
-
-class FeatureTokens(nn.Module):
-    """Tabular values (B, F) -> one token per feature (B, F, token_dim): x_j * w_j + p_j + e_m."""
-
-    def __init__(self, n_features: int, token_dim: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.randn(n_features, token_dim) * 0.02)
-        self.identity = nn.Parameter(torch.randn(n_features, token_dim) * 0.02)
-        self.modality = nn.Parameter(torch.randn(token_dim) * 0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., None] * self.scale + self.identity + self.modality  # (B, F, token_dim)
+        return self.embed(x) + self.modality  # (B, n, token_dim)
 
 
 class PerceiverLayer(nn.Module):
-    """One cross-attention read of the tokens followed by latent self-attention blocks."""
+    """Latents read all tokens once (cross-attention + FF), then `self_per_cross` self-attention blocks."""
 
     def __init__(self, latent_dim: int, token_dim: int, cross_heads: int, latent_heads: int,
                  dim_head: int, self_per_cross: int, dropout: float) -> None:
         super().__init__()
-        self.cross = CrossBlock(latent_dim, token_dim, cross_heads, dim_head, dropout)
-        self.latent = nn.ModuleList(SelfBlock(latent_dim, latent_heads, dim_head, dropout) for _ in range(self_per_cross))
+        self.cross = Attention(latent_dim, token_dim, heads=cross_heads, dim_head=dim_head, dropout=dropout)
+        self.cross_ff = FeedForward(latent_dim, dropout=dropout)
+        self.latent = nn.ModuleList(
+            Attention(latent_dim, heads=latent_heads, dim_head=dim_head, dropout=dropout) for _ in range(self_per_cross)
+        )
+        self.latent_ff = nn.ModuleList(FeedForward(latent_dim, dropout=dropout) for _ in range(self_per_cross))
 
     def forward(self, s: torch.Tensor, tokens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        s = self.cross(s, tokens, key_mask)  # (B, L, latent_dim)
-        for block in self.latent:
-            s = block(s)
+        s = s + self.cross(s, tokens, key_mask)[0]  # (B, L, latent_dim)
+        s = s + self.cross_ff(s)
+        for attn, ff in zip(self.latent, self.latent_ff):
+            s = s + attn(s)[0]
+            s = s + ff(s)
         return s
 
 
@@ -91,9 +90,7 @@ class Perceiver(nn.Module):
         if depth < 1:
             raise ValueError(f"perceiver: depth must be >= 1, got {depth}")
         self.modalities = list(input_dims)
-        self.tokenizers = nn.ModuleDict(
-            {m: PatchTokens(d, token_dim) if m == WSI else FeatureTokens(d, token_dim) for m, d in input_dims.items()}
-        )
+        self.tokenizers = nn.ModuleDict({m: ModalityTokens(m, d, token_dim) for m, d in input_dims.items()})
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
         # share_weights: the first layer has its own weights, all later layers reuse one set
         n_distinct = min(depth, 2) if share_weights else depth
