@@ -121,14 +121,24 @@ def test_missing_modality_gradients_stay_finite(name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_perceiver_masked_modality_equals_model_without_it():
-    full = model("perceiver")
-    torch.manual_seed(0)
-    wsi_only = build_model("perceiver", {"wsi": D}, BINS).eval()
-    missing = wsi_only.load_state_dict(full.state_dict(), strict=False)
-    assert missing.missing_keys == [] and all(k.startswith("tokenizers.omics") for k in missing.unexpected_keys)
-    batch = make_batch([5, 7], omics=[False, False])
-    torch.testing.assert_close(full(batch), wsi_only({k: batch[k] for k in ("wsi", "wsi_mask")}))
+@pytest.mark.parametrize(("name", "dropped", "prefixes"), [
+    ("porpoise", "wsi", ("path.",)),
+    ("porpoise", "omics", ("omic.",)),
+    ("mcat", "wsi", ("wsi_net.", "coattn.", "path_stream.")),
+    ("perceiver", "wsi", ("tokenizers.wsi.",)),
+    ("perceiver", "omics", ("tokenizers.omics.",)),
+])
+def test_modality_absent_for_all_equals_model_built_without_it(name, dropped, prefixes):
+    """A cohort without a modality (not in input_dims) behaves as if every sample lacked it."""
+    full = model(name)
+    dims = {k: v for k, v in DIMS[name].items() if k != dropped}
+    without = build_model(name, dims, BINS, feature_names=NAMES).eval()
+    keys = without.load_state_dict(full.state_dict(), strict=False)
+    assert keys.missing_keys == [] and keys.unexpected_keys
+    assert all(k.startswith(prefixes) for k in keys.unexpected_keys)  # only the dropped modality's weights
+    batch = make_batch([5, 7], **{dropped: [False, False]})
+    kept = [k for k in ("wsi", "wsi_mask", "omics") if k.split("_")[0] != dropped]
+    torch.testing.assert_close(full(batch), without({k: batch[k] for k in kept}))
 
 
 def test_perceiver_share_weights_reuses_layers():
@@ -214,8 +224,10 @@ def test_wrong_modalities_are_config_errors():
         build_model("snn", {"wsi": D, "omics": F}, BINS)
     with pytest.raises(ValueError, match=r"abmil is WSI-only; its modalities must be \[wsi\]"):
         build_model("abmil", {"wsi": D, "omics": F}, BINS)
-    with pytest.raises(ValueError, match="porpoise fuses wsi and omics"):
-        build_model("porpoise", {"omics": F}, BINS)
+    with pytest.raises(ValueError, match="porpoise needs wsi and/or omics modalities, got none"):
+        build_model("porpoise", {}, BINS)
+    with pytest.raises(ValueError, match="mcat needs omics: its genomic tokens are the co-attention queries"):
+        build_model("mcat", {"wsi": D}, BINS)
 
 
 @pytest.mark.parametrize("name", list(DIMS))

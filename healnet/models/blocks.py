@@ -120,6 +120,14 @@ def tabular_input(batch: Mapping, names: list[str]) -> tuple[torch.Tensor, torch
     return torch.cat(xs, dim=1), presents[0]
 
 
+def batch_size(batch: Mapping, modalities: list[str]) -> tuple[int, torch.device]:
+    """(B, device) of the batch, read from the first of `modalities` it holds."""
+    for m in modalities:
+        if m in batch:
+            return batch[m].shape[0], batch[m].device
+    raise ValueError(f"batch holds none of the model's modalities {modalities}")
+
+
 def require_present(present: torch.Tensor, model: str, modality: str) -> None:
     """Unimodal models cannot predict without their modality: a clear error instead of a guess."""
     if not bool(present.all()):

@@ -167,7 +167,8 @@ class MCAT(nn.Module):
         "WSI missing: co-attention cannot run without patches, so the path stream is skipped and its "
         "pooled vector is zero: the genomic stream only. Omics missing: the genomic tokens are zero, so "
         "the co-attention queries reduce to the learned in-projection bias (a learned content-based "
-        "pooling over patches) and the genomic stream's pooled vector is zero"
+        "pooling over patches) and the genomic stream's pooled vector is zero. Without wsi in "
+        "input_dims (a cohort without slides) every sample takes the genomic stream only"
     )
 
     def __init__(
@@ -185,8 +186,10 @@ class MCAT(nn.Module):
     ) -> None:
         super().__init__()
         self.tabular = tabular_modalities(input_dims)
-        if WSI not in input_dims or not self.tabular:
-            raise ValueError(f"mcat fuses wsi and omics; its modalities must include both, got {sorted(input_dims)}")
+        if not self.tabular:
+            raise ValueError(
+                f"mcat needs omics: its genomic tokens are the co-attention queries; got modalities {sorted(input_dims)}"
+            )
         omic_hidden = list(omic_hidden or [dim, dim])
         if omic_hidden[-1] != dim:
             raise ValueError(f"mcat: omic_hidden must end with dim={dim}, got {omic_hidden}")
@@ -195,23 +198,29 @@ class MCAT(nn.Module):
         for i, idx in enumerate(groups.values()):
             self.register_buffer(f"group{i}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.sig_networks = nn.ModuleList(snn_stack(len(idx), omic_hidden, dropout) for idx in groups.values())
-        self.wsi_net = mlp_block(input_dims[WSI], dim, dropout)
-        self.coattn = nn.MultiheadAttention(dim, num_heads=1, batch_first=True)
-        self.path_stream = TokenStream(dim, depth, heads, ff_dim, dropout)
+        self.has_wsi = WSI in input_dims
+        if self.has_wsi:
+            self.wsi_net = mlp_block(input_dims[WSI], dim, dropout)
+            self.coattn = nn.MultiheadAttention(dim, num_heads=1, batch_first=True)
+            self.path_stream = TokenStream(dim, depth, heads, ff_dim, dropout)
+            init_xavier_(self.wsi_net)
         self.omic_stream = TokenStream(dim, depth, heads, ff_dim, dropout)
         self.mm = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
         self.classifier = nn.Linear(dim, n_bins)
-        init_xavier_(self.wsi_net)
         self.dim = dim
         self.last_coattention: torch.Tensor | None = None  # (B_wsi, G, N) of the last forward
 
     def forward(self, batch: Mapping) -> torch.Tensor:
-        bags, mask, has_path = wsi_input(batch)  # (B, N, D), (B, N), (B,)
         x_omic, has_omic = tabular_input(batch, self.tabular)  # (B, F), (B,)
-        require_any(has_path, has_omic)
         g = len(self.sig_networks)
         genomic = on_rows(has_omic, self._genomic_tokens, x_omic, out_dim=(g, self.dim))  # (B, G, dim)
-        h_path = on_rows(has_path, self._path, genomic, bags, mask, out_dim=self.dim)  # (B, dim)
+        if self.has_wsi:
+            bags, mask, has_path = wsi_input(batch)  # (B, N, D), (B, N), (B,)
+            require_any(has_path, has_omic)
+            h_path = on_rows(has_path, self._path, genomic, bags, mask, out_dim=self.dim)  # (B, dim)
+        else:
+            require_any(has_omic)
+            h_path = x_omic.new_zeros(x_omic.shape[0], self.dim)
         h_omic = on_rows(has_omic, self.omic_stream, genomic, out_dim=self.dim)  # (B, dim)
         return self.classifier(self.mm(torch.cat([h_path, h_omic], dim=1)))  # (B, n_bins)
 

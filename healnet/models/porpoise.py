@@ -16,7 +16,16 @@ import torch.nn as nn
 
 from healnet.models import register
 from healnet.models.abmil import ABMILBranch
-from healnet.models.blocks import WSI, on_rows, require_any, snn_stack, tabular_input, tabular_modalities, wsi_input
+from healnet.models.blocks import (
+    WSI,
+    batch_size,
+    on_rows,
+    require_any,
+    snn_stack,
+    tabular_input,
+    tabular_modalities,
+    wsi_input,
+)
 
 
 def append_one(o: torch.Tensor) -> torch.Tensor:
@@ -69,7 +78,8 @@ class Porpoise(nn.Module):
         "late fusion with the constant-1 path: an absent modality's gated vector is zero, so its "
         "factor in the Kronecker product is [0, ..., 0, 1] and only the present modality's unimodal "
         "terms (and the constant) remain; its raw embedding in the skip connection and in the other "
-        "gate is zero; the absent branch is never run on placeholder input"
+        "gate is zero; the absent branch is never run on placeholder input. A modality missing from "
+        "the whole cohort (not in input_dims) is absent for every sample"
     )
 
     def __init__(
@@ -86,25 +96,38 @@ class Porpoise(nn.Module):
     ) -> None:
         super().__init__()
         self.tabular = tabular_modalities(input_dims)
-        if WSI not in input_dims or not self.tabular:
-            raise ValueError(f"porpoise fuses wsi and omics; its modalities must include both, got {sorted(input_dims)}")
+        self.modalities = list(input_dims)
+        if not input_dims:
+            raise ValueError("porpoise needs wsi and/or omics modalities, got none")
         omic_hidden = list(omic_hidden or [embed_dim, embed_dim])
         if omic_hidden[-1] != embed_dim:
             raise ValueError(f"porpoise: omic_hidden must end with embed_dim={embed_dim}, got {omic_hidden}")
         self.input_dropout = nn.Dropout(dropinput)  # PORPOISE drops input patch features (default 0.10)
-        self.path = ABMILBranch(input_dims[WSI], path_dim, attn_dim, embed_dim, dropout)
-        self.omic = snn_stack(sum(input_dims[m] for m in self.tabular), omic_hidden, dropout)
+        self.path = ABMILBranch(input_dims[WSI], path_dim, attn_dim, embed_dim, dropout) if WSI in input_dims else None
+        n_omic = sum(input_dims[m] for m in self.tabular)
+        self.omic = snn_stack(n_omic, omic_hidden, dropout) if self.tabular else None
         self.fusion = KroneckerFusion(embed_dim, scale, embed_dim, dropout)
         self.embed_dim = embed_dim
         self.classifier = nn.Linear(embed_dim, n_bins)
 
     def forward(self, batch: Mapping) -> torch.Tensor:
-        bags, mask, has_path = wsi_input(batch)  # (B, N, D), (B, N), (B,)
-        x_omic, has_omic = tabular_input(batch, self.tabular)  # (B, F), (B,)
+        b, device = batch_size(batch, self.modalities)
+        h_path, has_path = self._path_embedding(batch, b, device)  # (B, 256), (B,)
+        h_omic, has_omic = self._omic_embedding(batch, b, device)  # (B, 256), (B,)
         require_any(has_path, has_omic)
-        h_path = on_rows(has_path, self._path, bags, mask, out_dim=self.embed_dim)  # (B, 256)
-        h_omic = on_rows(has_omic, self.omic, x_omic, out_dim=self.embed_dim)  # (B, 256)
         return self.classifier(self.fusion(h_path, h_omic, has_path, has_omic))  # (B, n_bins)
+
+    def _path_embedding(self, batch: Mapping, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.path is None:
+            return torch.zeros(b, self.embed_dim, device=device), torch.zeros(b, dtype=torch.bool, device=device)
+        bags, mask, has_path = wsi_input(batch)  # (B, N, D), (B, N), (B,)
+        return on_rows(has_path, self._path, bags, mask, out_dim=self.embed_dim), has_path
+
+    def _omic_embedding(self, batch: Mapping, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.omic is None:
+            return torch.zeros(b, self.embed_dim, device=device), torch.zeros(b, dtype=torch.bool, device=device)
+        x_omic, has_omic = tabular_input(batch, self.tabular)  # (B, F), (B,)
+        return on_rows(has_omic, self.omic, x_omic, out_dim=self.embed_dim), has_omic
 
     def _path(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.path(self.input_dropout(bags), mask)
