@@ -126,6 +126,14 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self._injected_503():
             return
+        if self.path.startswith("/portal/"):  # a web page, as when base_url names the portal, not the API
+            page = b"<html>GDC Data Portal</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if self.path == "/files":
             records = self.server.files
             fields = body["fields"].split(",")
@@ -253,7 +261,7 @@ def server(slides, shared_data):
 
 def fast(srv: FakeGDC, **kw) -> Gdc:
     """Connection settings with tiny waits, so retries cost milliseconds."""
-    return Gdc(base_url=srv.url, backoff_s=0.01, **{"retries": 3, "page_size": 2, **kw})
+    return Gdc(**{"base_url": srv.url, "backoff_s": 0.01, "retries": 3, "page_size": 2, **kw})
 
 
 # --- manifest ---
@@ -283,6 +291,11 @@ def test_unknown_project_and_project_without_slides_are_clear_errors(server):
         gdc.query_manifest(fast(server), ManifestQuery("TCGA-NOPE"))
     with pytest.raises(ValueError, match="'TCGA-EMPTY' has no diagnostic SVS slides"):
         gdc.query_manifest(fast(server), ManifestQuery("TCGA-EMPTY"))
+
+
+def test_wrong_base_url_is_a_clear_error(server):
+    with pytest.raises(RuntimeError, match=r"GDC files query .*is not JSON.*is `gdc.base_url` the GDC API"):
+        gdc.query_manifest(fast(server, base_url=f"{server.url}/portal"), ManifestQuery("TCGA-TEST"))
 
 
 def test_api_503_is_retried_then_gives_up(server):
@@ -387,6 +400,23 @@ def test_controlled_file_needs_token(server, slides, tmp_path):
     token.write_text(TOKEN + "\n")
     gdc.download_slide(fast(server, token_file=str(token)), "id-locked", tmp_path / "locked.svs", md5_of(data))
     assert (tmp_path / "locked.svs").read_bytes() == data
+
+
+def test_download_cli_fetches_a_whole_manifest_and_skips_present_files(server, slides, tmp_path):
+    from healnet.cli import main
+
+    manifest = tmp_path / "gdc_manifest.tsv"
+    gdc.write_manifest(gdc.query_manifest(fast(server), ManifestQuery("TCGA-TEST")), ManifestQuery("TCGA-TEST"),
+                       manifest)
+    outdir = tmp_path / "slides"
+    outdir.mkdir()
+    (outdir / TCGA_NAME).write_bytes(slides[TCGA_NAME])  # already there: not fetched again
+    params = fast(server).model_dump_json()
+    assert main(["gdc-download", "--manifest", str(manifest), "--outdir", str(outdir), "--params", params]) == 0
+    expected = {n: slides[n] for n in (CMU_NAME, SMALL_NAME, TCGA_NAME)}
+    assert {p.name: p.read_bytes() for p in outdir.iterdir()} == expected
+    assert sorted(e[1] for e in server.log if e[0] == "GET") == ["/data/id-cmu", "/data/id-small"]
+    assert main(["gdc-download", "--file-id", "id-cmu", "--params", params]) == 1  # no --md5 / --out
 
 
 def test_sheet_from_manifest(server, tmp_path):

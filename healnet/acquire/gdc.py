@@ -139,8 +139,14 @@ def query_manifest(cfg: Gdc, query: ManifestQuery, session: requests.Session | N
         }
         reply = request_json(session, "POST", f"{_base(cfg)}/files", policy, f"GDC files query {query.project}",
                              json=body)
-        data = reply["data"]
-        hits, total = data["hits"], int(data["pagination"]["total"])
+        try:
+            data = reply["data"]
+            hits, total = data["hits"], int(data["pagination"]["total"])
+        except (KeyError, TypeError):
+            raise RuntimeError(
+                f"GDC files query: unexpected answer from {_base(cfg)}/files (no data.hits/pagination); "
+                "is `gdc.base_url` the GDC API (https://api.gdc.cancer.gov)?"
+            ) from None
         rows += [row for row in map(_hit_row, hits) if row is not None]
         log.info("GDC %s: %d of %d slide files listed", query.project, min(start + len(hits), total), total)
         start += len(hits)

@@ -95,7 +95,13 @@ def request_json(
         try:
             response = session.request(method, url, timeout=policy.timeout, **kwargs)
             check_status(response, what)
-            return response.json()
+            try:
+                return response.json()
+            except ValueError:
+                raise RuntimeError(
+                    f"{what}: the answer from {url} is not JSON ({response.text[:80]!r}); "
+                    "is `gdc.base_url` the GDC API (https://api.gdc.cancer.gov)?"
+                ) from None
         except (TransientHTTPError, *TRANSIENT_ERRORS) as err:
             failures += 1
             if failures > policy.retries:

@@ -96,7 +96,8 @@ def resolve_cohort_downloads(name: str, cohort: "Cohort") -> None:
 
     - a GDC cohort's sample sheet is built at data/{name}/slides.tsv;
     - a table with a URL (given, or the PORPOISE default of a known project when `clinical_omics`
-      is not set or is that download path) is fetched to data/{name}/clinical_omics.csv.zip; splits likewise to data/{name}/splits.
+      is not set or is that download path) is fetched to data/{name}/clinical_omics.csv.zip;
+      splits likewise to data/{name}/splits.
     A `clinical_omics`/`splits` path set in the config is used as is: nothing is downloaded for it.
     """
     where = f"cohorts.{name}"

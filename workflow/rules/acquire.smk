@@ -21,6 +21,15 @@ checkpoint demo_cohort:
 # --- GDC: manifest (an explicit step), one download job per slide, then the sample sheet ---
 # `snakemake data/{cohort}/gdc_manifest.tsv` queries the GDC; nothing else runs it (see
 # check_gdc_manifest in common.smk), so a cohort stays the same set of files until rebuilt.
+# Downloads run where Snakemake runs, not as cluster jobs: compute nodes often have no internet.
+
+
+localrules:
+    gdc_manifest,
+    gdc_download,
+    gdc_sheet,
+    fetch_clinical_omics,
+    fetch_split,
 
 
 rule gdc_manifest:
