@@ -1,1 +1,77 @@
-# Rules of this stage (see ../../../shared/DESIGN.md).
+# Training per cohort, model and fold; evaluation per cohort (healnet/training, healnet/evaluate.py).
+
+
+wildcard_constraints:
+    model=model_names_regex(),
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint="results/{cohort}/models/{model}/fold{fold}/checkpoint.pt",
+        predictions="results/{cohort}/models/{model}/fold{fold}/predictions.tsv",
+        train_log="results/{cohort}/models/{model}/fold{fold}/train_log.tsv",
+    log:
+        "logs/{cohort}/train/{model}_fold{fold}.log",
+    benchmark:
+        "benchmarks/{cohort}/train/{model}_fold{fold}.tsv"
+    conda:
+        "../../envs/healnet.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    params:
+        data=data_args,
+        spec=model_spec_json,
+        training=section_json("training"),
+        omics=section_json("omics"),
+        labels=section_json("labels"),
+        outdir=subpath(output.checkpoint, parent=True),
+    shell:
+        "healnet train --labels {input.labels} --fold-file {input.fold} --fold {wildcards.fold} "
+        "{params.data} --model {wildcards.model} --spec {params.spec:q} "
+        "--training {params.training:q} --omics-params {params.omics:q} "
+        "--labels-params {params.labels:q} --outdir {params.outdir} --threads {threads} --log {log}"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        cindex=report(
+            "results/{cohort}/cindex.tsv",
+            caption="../report/cindex.rst",
+            category="Evaluation",
+        ),
+        missing=report(
+            "results/{cohort}/cindex_missing.tsv",
+            caption="../report/cindex_missing.rst",
+            category="Evaluation",
+        ),
+        inspect=directory("results/{cohort}/inspect"),
+    log:
+        "logs/{cohort}/evaluate.log",
+    benchmark:
+        "benchmarks/{cohort}/evaluate.tsv"
+    conda:
+        "../../envs/healnet.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    params:
+        data=data_args,
+        models=cohort_model_list,
+        evaluation=section_json("evaluation"),
+        training=section_json("training"),
+        omics=section_json("omics"),
+        labels=section_json("labels"),
+    shell:
+        "healnet evaluate --models {params.models} --models-dir results/{wildcards.cohort}/models "
+        "--fold-files {input.folds} --labels {input.labels} {params.data} "
+        "--cindex {output.cindex} --missing {output.missing} --inspect {output.inspect} "
+        "--params {params.evaluation:q} --training {params.training:q} "
+        "--omics-params {params.omics:q} --labels-params {params.labels:q} "
+        "--threads {threads} --log {log}"

@@ -1,0 +1,347 @@
+"""Patient-level data for one fold: labels, omics (per-fold transform), WSI bags, missingness.
+
+A patient is one row: survival label, one vector per tabular modality, and a bag of patch features
+(all slides of the patient concatenated). Missing is explicit: `present[m]` is False and nothing is
+filled in for that modality. Batches follow the model contract in `healnet.models`: WSI bags padded
+to the longest bag of the batch with a key-padding mask; tabular (B, F); `present[m]` (B,).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+WSI = "wsi"
+OMICS = "omics"  # all omic types of the table concatenated
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SlideBag:
+    """The patches of one slide: features (N, D) float32, level-0 top-left coords (N, 2)."""
+
+    slide_id: str
+    features: np.ndarray
+    coords: np.ndarray
+    patch_size_level0: int | None = None
+
+
+class WsiBags:
+    """Patch-feature bags per patient, held in memory or read from the feature stores on demand."""
+
+    def __init__(self, slides: dict[str, list[str]], feature_dim: int, loader: Callable[[str], SlideBag]):
+        self.slides = {case: ids for case, ids in slides.items() if ids}  # cases with >= 1 patch
+        self.feature_dim = feature_dim
+        self._loader = loader
+
+    @classmethod
+    def from_arrays(cls, bags: dict[str, list[SlideBag]]) -> "WsiBags":
+        """In-memory bags (tests, small cohorts)."""
+        by_id = {b.slide_id: b for slides in bags.values() for b in slides}
+        dims = {b.features.shape[1] for b in by_id.values()}
+        if len(dims) > 1:
+            raise ValueError(f"WSI bags have different feature sizes {sorted(dims)}; use one encoder per cohort")
+        slides = {case: [b.slide_id for b in v if len(b.features)] for case, v in bags.items()}
+        return cls(slides, dims.pop() if dims else 0, by_id.__getitem__)
+
+    @classmethod
+    def from_stores(
+        cls, paths: Iterable[str | Path], sheet: pd.DataFrame, cache_bytes: int = 2 << 30
+    ) -> "WsiBags":
+        """Feature stores (`healnet.wsi.store`) mapped to patients through the sample sheet.
+
+        Failed and no-tissue slides (N = 0) are left out, so a patient none of whose slides has
+        patches is WSI-missing. The features stay in memory while their total is under `cache_bytes`.
+        """
+        from healnet.wsi.store import read_feature_store
+
+        case_of = dict(zip(sheet["slide_id"].astype(str), sheet["case_id"].astype(str)))
+        slides: dict[str, list[str]] = {}
+        path_of: dict[str, Path] = {}
+        cache: dict[str, SlideBag] = {}
+        total, dims, skipped = 0, set(), []
+        for path in paths:
+            store = read_feature_store(path)
+            slide_id = str(store.attrs.get("slide_id") or Path(path).name.removesuffix(".zarr"))
+            if slide_id not in case_of:
+                raise ValueError(
+                    f"feature store {path}: slide {slide_id!r} is not in the sample sheet; "
+                    "the stores and the sheet must come from the same cohort"
+                )
+            n = len(store.features)
+            if n == 0 or store.attrs.get("status", "ok") != "ok":
+                skipped.append(f"{slide_id} ({store.attrs.get('status')}: {store.attrs.get('reason', '')})")
+                continue
+            dims.add(int(store.features.shape[1]))
+            slides.setdefault(case_of[slide_id], []).append(slide_id)
+            path_of[slide_id] = Path(path)
+            total += store.features.nbytes
+            if total <= cache_bytes:
+                cache[slide_id] = _bag_of(store, slide_id)
+        if len(dims) > 1:
+            raise ValueError(f"feature stores have different feature sizes {sorted(dims)}; use one encoder per cohort")
+        if skipped:
+            log.info("%d slides without patches (left out): %s", len(skipped), ", ".join(skipped))
+        if total > cache_bytes:
+            log.info("features total %.1f GiB > cache limit: reading bags from disk each time", total / 2**30)
+            cache = {}
+
+        def load(slide_id: str) -> SlideBag:
+            if slide_id in cache:
+                return cache[slide_id]
+            return _bag_of(read_feature_store(path_of[slide_id]), slide_id)
+
+        return cls(slides, dims.pop() if dims else 0, load)
+
+    def has(self, case: str) -> bool:
+        return case in self.slides
+
+    def slide_bags(self, case: str) -> list[SlideBag]:
+        return [self._loader(s) for s in self.slides.get(case, [])]
+
+    def bag(self, case: str) -> np.ndarray:
+        """All patches of a patient, slides concatenated: (N, D) float32."""
+        return np.concatenate([b.features for b in self.slide_bags(case)], axis=0)
+
+
+def _bag_of(store, slide_id: str) -> SlideBag:
+    size = store.attrs.get("patch_size_level0")
+    return SlideBag(
+        slide_id,
+        np.asarray(store.features, dtype=np.float32),
+        np.asarray(store.coords, dtype=np.int64),
+        int(size) if size is not None else None,
+    )
+
+
+@dataclass
+class FoldData:
+    """One fold of a cohort: every labelled patient of the fold file, with all modalities."""
+
+    case_ids: list[str]
+    time: np.ndarray  # survival months
+    event: np.ndarray  # 1 = event observed
+    bins: np.ndarray  # discrete-time label in [0, n_bins)
+    edges: np.ndarray  # n_bins + 1 bin edges (months)
+    tabular: dict[str, np.ndarray]  # modality -> (n, F) float32, rows of absent patients are 0
+    tabular_present: dict[str, np.ndarray]  # modality -> (n,) bool
+    feature_names: dict[str, list[str]]
+    wsi: WsiBags | None
+    split_of: np.ndarray  # (n,) str: train / val / test
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {c: i for i, c in enumerate(self.case_ids)}
+        self.censorship = 1 - self.event
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) - 1
+
+    def available(self, modalities: Sequence[str]) -> list[str]:
+        """The requested modalities that any patient of the cohort has."""
+        out = []
+        for m in modalities:
+            if m == WSI:
+                ok = self.wsi is not None and bool(self.wsi.slides)
+            else:
+                ok = m in self.tabular and bool(self.tabular_present[m].any())
+            if ok:
+                out.append(m)
+            else:
+                log.warning("modality %r: no patient of this cohort has it; the model runs without it", m)
+        return out
+
+    def present(self, m: str) -> np.ndarray:
+        if m == WSI:
+            if self.wsi is None:
+                return np.zeros(len(self.case_ids), dtype=bool)
+            return np.array([self.wsi.has(c) for c in self.case_ids])
+        if m not in self.tabular_present:
+            return np.zeros(len(self.case_ids), dtype=bool)
+        return self.tabular_present[m]
+
+    def input_dims(self, modalities: Sequence[str]) -> dict[str, int]:
+        return {m: (self.wsi.feature_dim if m == WSI else self.tabular[m].shape[1]) for m in modalities}
+
+    def split_indices(self, split: str, modalities: Sequence[str]) -> np.ndarray:
+        """Patients of a split that have at least one of the modalities (others are logged and left out)."""
+        idx = np.flatnonzero(self.split_of == split)
+        has_any = np.zeros(len(idx), dtype=bool)
+        for m in modalities:
+            has_any |= self.present(m)[idx]
+        if (~has_any).any():
+            log.warning(
+                "%s split: %d of %d patients have none of the modalities %s and are left out",
+                split, int((~has_any).sum()), len(idx), list(modalities),
+            )
+        return idx[has_any]
+
+
+def make_batch(
+    data: FoldData,
+    indices: Sequence[int],
+    modalities: Sequence[str],
+    max_patches: int | None = None,
+    rng: np.random.Generator | None = None,
+    present: dict[str, np.ndarray] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """The model batch for `indices` (see `healnet.models`), plus `bins`, `censorship`, `time`, `event`.
+
+    `max_patches` caps each bag by a random subset drawn from `rng` (training); `present` overrides
+    the modality-present masks of the whole fold (missing-modality evaluation).
+    """
+    idx = np.asarray(indices, dtype=int)
+    b = len(idx)
+    batch: dict = {"present": {}}
+    for m in modalities:
+        pres = (present[m] if present is not None and m in present else data.present(m))[idx]
+        batch["present"][m] = torch.as_tensor(pres, dtype=torch.bool, device=device)
+        if m == WSI:
+            bags = []
+            for i, p in zip(idx, pres):
+                if not p:
+                    bags.append(None)
+                    continue
+                bag = data.wsi.bag(data.case_ids[i])
+                if max_patches is not None and len(bag) > max_patches:
+                    gen = rng if rng is not None else np.random.default_rng(0)
+                    bag = bag[np.sort(gen.choice(len(bag), max_patches, replace=False))]
+                bags.append(bag)
+            n_max = max([len(x) for x in bags if x is not None], default=1)
+            feats = np.zeros((b, n_max, data.wsi.feature_dim), dtype=np.float32)
+            mask = np.zeros((b, n_max), dtype=bool)
+            for j, bag in enumerate(bags):
+                if bag is not None:
+                    feats[j, : len(bag)] = bag
+                    mask[j, : len(bag)] = True
+            batch[m] = torch.from_numpy(feats).to(device)
+            batch[f"{m}_mask"] = torch.from_numpy(mask).to(device)
+        else:
+            batch[m] = torch.from_numpy(data.tabular[m][idx]).to(device)
+    batch["bins"] = torch.as_tensor(data.bins[idx], dtype=torch.long, device=device)
+    batch["censorship"] = torch.as_tensor(data.censorship[idx], dtype=torch.float32, device=device)
+    batch["time"] = data.time[idx]
+    batch["event"] = data.event[idx]
+    return batch
+
+
+def balanced_order(data: FoldData, indices: np.ndarray, gen: torch.Generator) -> np.ndarray:
+    """Class-balanced resampling on (bin, censorship): weight N / count(label), with replacement."""
+    label = 2 * data.bins[indices] + data.censorship[indices]
+    _, inverse, counts = np.unique(label, return_inverse=True, return_counts=True)
+    weights = torch.as_tensor(len(indices) / counts[inverse], dtype=torch.double)
+    draw = torch.multinomial(weights, len(indices), replacement=True, generator=gen)
+    return indices[draw.numpy()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a fold from the pipeline's files (shared contracts of the omics and WSI stages)
+
+
+def load_fold_data(
+    labels_path: str | Path,
+    fold_path: str | Path,
+    omics_path: str | Path | None,
+    feature_stores: Sequence[str | Path],
+    sheet_path: str | Path | None,
+    omics_cfg,
+    labels_cfg,
+    cache_bytes: int = 2 << 30,
+    wsi: WsiBags | None = None,
+) -> FoldData:
+    """Read labels, the fold file, omics (transform fitted on this fold's train patients) and bags.
+
+    `wsi`: bags already read (they do not depend on the fold), else read from `feature_stores`.
+    """
+    from healnet.survival.labels import assign_bins, bin_edges, load_labels
+    from healnet.survival.splits import load_fold
+
+    labels = load_labels(labels_path).reset_index()
+    fold = load_fold(fold_path).reset_index()
+    unknown = sorted(set(fold["case_id"]) - set(labels["case_id"]))
+    if unknown:
+        log.warning("%s: %d patients have no survival label and are left out (e.g. %s)", fold_path, len(unknown), unknown[:3])
+    df = fold.merge(labels, on="case_id", how="inner")
+    if df.empty:
+        raise ValueError(f"{fold_path}: no patient of this fold has a label in {labels_path}; check both come from one cohort")
+    time = df["survival_months"].to_numpy(dtype=float)
+    event = df["event"].to_numpy(dtype=int)
+    train = (df["split"] == "train").to_numpy()
+    if labels_cfg.edges_from == "train":
+        edges = np.asarray(bin_edges(time[train], event[train], labels_cfg.n_bins, labels_cfg.eps), dtype=float)
+        bins = np.asarray(assign_bins(time, edges), dtype=int)
+    else:  # cohort-wide edges, as the labels file was made
+        all_time = labels["survival_months"].to_numpy(dtype=float)
+        all_event = labels["event"].to_numpy(dtype=int)
+        edges = np.asarray(bin_edges(all_time, all_event, labels_cfg.n_bins, labels_cfg.eps), dtype=float)
+        bins = df["bin"].to_numpy(dtype=int)
+    case_ids = df["case_id"].tolist()
+
+    tabular, tab_present, names = {}, {}, {}
+    if omics_path is not None:
+        tabular, tab_present, names = _load_tabular(omics_path, case_ids, set(np.array(case_ids)[train]), omics_cfg)
+    if wsi is None and feature_stores:
+        wsi = read_bags(feature_stores, sheet_path, cache_bytes)
+    return FoldData(
+        case_ids=case_ids, time=time, event=event, bins=bins, edges=edges, tabular=tabular,
+        tabular_present=tab_present, feature_names=names, wsi=wsi, split_of=df["split"].to_numpy(dtype=str),
+    )
+
+
+def read_bags(feature_stores: Sequence[str | Path], sheet_path: str | Path | None, cache_bytes: int = 2 << 30) -> WsiBags:
+    """The cohort's WSI bags from its feature stores and sample sheet."""
+    if sheet_path is None:
+        raise ValueError("feature stores given without a sample sheet; pass --sheet to map slides to patients")
+    from healnet.sheets import read_sample_sheet
+
+    return WsiBags.from_stores(feature_stores, read_sample_sheet(sheet_path, check_files=False), cache_bytes)
+
+
+def _load_tabular(omics_path, case_ids: list[str], train_ids: set[str], omics_cfg):
+    """Per-fold omics: transform fitted on train patients; one modality per type plus `omics`."""
+    from healnet.omics.preprocess import fit_omics_transform, load_omics
+    from healnet.omics.tables import omic_type
+
+    omics = load_omics(omics_path)
+    omics.index = omics.index.astype(str)
+    fit_ids = [c for c in omics.index if c in train_ids]
+    if not fit_ids:
+        raise ValueError(f"{omics_path}: no training patient of this fold has omics; cannot fit the omics transform")
+    transform = fit_omics_transform(omics, fit_ids, omics_cfg)
+    arrays = transform.transform(omics)
+    row_of = {c: i for i, c in enumerate(omics.index)}
+    rows = np.array([row_of.get(c, -1) for c in case_ids])
+    has_row = rows >= 0
+    tabular, present, names = {}, {}, {}
+    for kind, values in arrays.items():
+        cols = [c for c in omics.columns if omic_type(c) == kind]
+        # A type is missing for a patient whose raw values of that type are all empty.
+        raw_ok = omics[cols].notna().any(axis=1).to_numpy() if cols else np.ones(len(omics), dtype=bool)
+        pres = has_row & raw_ok[np.where(has_row, rows, 0)]
+        x = np.zeros((len(case_ids), values.shape[1]), dtype=np.float32)
+        x[has_row] = np.asarray(values, dtype=np.float32)[rows[has_row]]
+        x[~pres] = 0.0  # never read: absent samples are skipped by the model
+        n_nan = int(np.isnan(x).sum())
+        if n_nan:
+            log.warning("%s: %d empty %s values of present patients set to 0 after the transform", omics_path, n_nan, kind)
+            x = np.nan_to_num(x, nan=0.0)
+        tabular[kind], present[kind] = x, pres
+        names[kind] = list(transform.feature_names[kind])
+    kinds = list(arrays)
+    tabular[OMICS] = np.concatenate([tabular[k] for k in kinds], axis=1)
+    present[OMICS] = np.any([present[k] for k in kinds], axis=0)
+    names[OMICS] = [n for k in kinds for n in names[k]]
+    n_missing = int((~present[OMICS]).sum())
+    if n_missing:
+        log.info("%d of %d patients of this fold have no omics (omics-missing)", n_missing, len(case_ids))
+    return tabular, present, names

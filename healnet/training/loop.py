@@ -1,0 +1,262 @@
+"""Training and prediction for one model on one fold; model-agnostic (only the registry contract).
+
+Protocol: a fixed epoch budget, evaluation on the fold's held-out `test` patients. Early stopping,
+when configured, watches only the inner `val` split carved from training data, and restores a deep
+copy of the best weights. Gradient accumulation is real: the loss of a group of micro-batches is
+summed per sample and divided by the group's sample count, so the step equals one large batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from healnet import __version__
+from healnet.io import atomic_path, write_tsv
+from healnet.models import build_model
+from healnet.survival.loss import l1_penalty, nll_loss
+from healnet.survival.metrics import cindex, risk_from_survival, survival_from_logits
+from healnet.training.data import FoldData, balanced_order, make_batch
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed Python, NumPy and torch; deterministic kernels (warn where none exists)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is visible; set it to 'auto' or 'cpu'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@dataclass
+class Predictions:
+    case_ids: list[str]
+    surv: np.ndarray  # (n, K)
+    risk: np.ndarray  # (n,)
+    loss: float
+    modalities: list[str]  # per patient, "+"-joined modalities present
+
+    def frame(self, data: FoldData, indices: np.ndarray) -> pd.DataFrame:
+        df = pd.DataFrame({"case_id": self.case_ids, "risk": self.risk})
+        for j in range(self.surv.shape[1]):
+            df[f"surv_{j}"] = self.surv[:, j]
+        df["modalities"] = self.modalities
+        df["event"] = data.event[indices]
+        df["time"] = data.time[indices]
+        df["bin"] = data.bins[indices]
+        return df
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    data: FoldData,
+    indices: np.ndarray,
+    modalities: Sequence[str],
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    present: dict[str, np.ndarray] | None = None,
+    alpha: float = 0.0,
+) -> Predictions:
+    """Survival, risk and mean NLL for `indices`, all patches of every bag (no cap)."""
+    model.eval()
+    survs, losses = [], []
+    for start in range(0, len(indices), batch_size):
+        batch = make_batch(data, indices[start : start + batch_size], modalities, present=present, device=device)
+        logits = model(batch)
+        losses.append(float(nll_loss(logits, batch["bins"], batch["censorship"], alpha, reduction="sum")))
+        survs.append(survival_from_logits(logits).float().cpu().numpy())
+    surv = np.concatenate(survs) if survs else np.zeros((0, data.n_bins))
+    pres = {m: (present[m] if present is not None and m in present else data.present(m))[indices] for m in modalities}
+    mods = ["+".join(m for m in modalities if pres[m][i]) for i in range(len(indices))]
+    return Predictions(
+        [data.case_ids[i] for i in indices], surv, risk_from_survival(surv),
+        sum(losses) / max(len(indices), 1), mods,
+    )
+
+
+def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    data: FoldData,
+    order: np.ndarray,
+    modalities: Sequence[str],
+    cfg,
+    rng: np.random.Generator,
+    device: torch.device,
+    desc: str = "",
+) -> tuple[float, float]:
+    """One pass over `order`; returns (mean training loss, c-index of the training outputs)."""
+    model.train()
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    total_loss, risks = 0.0, {}
+    bar = tqdm(total=len(order), desc=desc, leave=False, disable=None, unit="patient")
+    for g in range(0, len(batches), cfg.grad_accumulation):
+        group = batches[g : g + cfg.grad_accumulation]
+        n_group = sum(len(b) for b in group)
+        opt.zero_grad(set_to_none=True)
+        for idx in group:
+            batch = make_batch(data, idx, modalities, cfg.max_patches, rng, device=device)
+            logits = model(batch)
+            loss = nll_loss(logits, batch["bins"], batch["censorship"], cfg.alpha, reduction="sum")
+            (loss / n_group).backward()
+            total_loss += loss.item()
+            risk = risk_from_survival(survival_from_logits(logits.detach()))
+            risks.update(zip(idx.tolist(), risk.tolist()))
+            bar.update(len(idx))
+        if cfg.l1 > 0:
+            (cfg.l1 * l1_penalty(model)).backward()
+        opt.step()
+    bar.close()
+    seen = np.array(sorted(risks))
+    c = cindex(data.time[seen], data.event[seen], np.array([risks[i] for i in seen])) if len(seen) else math.nan
+    return total_loss / max(len(order), 1), c
+
+
+def train_fold(
+    data: FoldData,
+    architecture: str,
+    modalities: Sequence[str],
+    params: dict,
+    cfg,
+    fold: int,
+    out_dir: str | Path,
+    model_name: str = "model",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Train one model on one fold; write checkpoint.pt, predictions.tsv, train_log.tsv in out_dir.
+
+    `cfg` is the `training` config section. Returns the test predictions.
+    """
+    device = resolve_device(cfg.device)
+    if threads:
+        torch.set_num_threads(threads)
+    seed = cfg.seed + fold
+    seed_everything(seed, device)
+    mods = data.available(modalities)
+    if not mods:
+        raise ValueError(
+            f"model {model_name!r}: no patient of this cohort has any of its modalities {list(modalities)}; "
+            "remove the model from the cohort's `models` or provide the data"
+        )
+    train_idx = data.split_indices("train", mods)
+    val_idx = data.split_indices("val", mods)
+    test_idx = data.split_indices("test", mods)
+    if len(train_idx) == 0:
+        raise ValueError(f"fold {fold}: no training patient has any of the modalities {mods}")
+    patience = cfg.early_stopping_patience
+    if patience is not None and len(val_idx) == 0:
+        raise ValueError(
+            f"training.early_stopping_patience is {patience} but fold {fold} has no inner `val` patients; "
+            "set splits.inner_val_fraction > 0 or remove early_stopping_patience"
+        )
+    input_dims = data.input_dims(mods)
+    names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
+    model = build_model(architecture, input_dims, data.n_bins, params, names).to(device)
+    opt = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    log.info(
+        "model %s (%s, %d parameters), fold %d: %d train / %d val / %d test patients, modalities %s, device %s",
+        model_name, architecture, sum(p.numel() for p in model.parameters()), fold,
+        len(train_idx), len(val_idx), len(test_idx), mods, device,
+    )
+    rows, best, best_state, best_epoch, bad = [], math.inf, None, cfg.epochs, 0
+    epochs = tqdm(range(1, cfg.epochs + 1), desc=f"{model_name} fold {fold}", disable=None, unit="epoch")
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        if cfg.balanced_sampling:
+            order = balanced_order(data, train_idx, gen)
+        else:
+            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        loss, c_train = train_epoch(model, opt, data, order, mods, cfg, rng, device, desc=f"epoch {epoch}")
+        row = {"epoch": epoch, "train_loss": loss, "train_cindex": c_train, "val_loss": math.nan, "val_cindex": math.nan}
+        if len(val_idx):
+            pv = predict(model, data, val_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
+            row["val_loss"] = pv.loss
+            row["val_cindex"] = cindex(data.time[val_idx], data.event[val_idx], pv.risk)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        log.info("fold %d epoch %d: %s", fold, epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        if patience is not None:
+            score = row["val_loss"] if cfg.early_stopping_metric == "loss" else -row["val_cindex"]
+            if score < best:
+                best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    log.info("early stopping at epoch %d; restoring epoch %d", epoch, best_epoch)
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    train_log = pd.DataFrame(rows)
+    train_log["best"] = train_log["epoch"] == (best_epoch if patience is not None else train_log["epoch"].max())
+
+    pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
+    frame = pred.frame(data, test_idx)
+    c_test = cindex(frame["time"], frame["event"], frame["risk"])
+    log.info("fold %d: test c-index %.4f on %d patients", fold, c_test, len(frame))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "model": model_name,
+        "architecture": architecture,
+        "modalities": list(mods),
+        "params": dict(params),
+        "input_dims": input_dims,
+        "n_bins": data.n_bins,
+        "edges": [float(e) for e in data.edges],
+        "feature_names": names,
+        "fold": fold,
+        "epoch": int(best_epoch if patience is not None else len(rows)),
+        "training": cfg.model_dump(),
+        "version": __version__,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    write_tsv(train_log, out / "train_log.tsv")
+    write_tsv(frame, out / "predictions.tsv")
+    return frame
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a trained model from checkpoint.pt; returns (model in eval mode, checkpoint dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run `healnet train` for this model and fold")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(ckpt["architecture"], ckpt["input_dims"], ckpt["n_bins"], ckpt["params"], ckpt["feature_names"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

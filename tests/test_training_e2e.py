@@ -1,0 +1,141 @@
+"""`healnet train` + `healnet evaluate` on tiny files in the contract formats (labels, folds, omics,
+feature stores, sample sheet): cindex.tsv, cindex_missing.tsv and inspection outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from healnet.cli import main
+from healnet.io import write_tsv
+from healnet.survival.labels import assign_bins, bin_edges
+from healnet.wsi.store import write_feature_store
+
+N, D, FOLDS = 36, 8, 2
+SPECS = {
+    "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"],
+                "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}},
+    "healnet_wsi": {"architecture": "healnet", "modalities": ["wsi"],
+                    "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}},
+}
+TRAINING = {"epochs": 3, "batch_size": 4, "grad_accumulation": 1, "lr": 3e-3, "device": "cpu", "max_patches": 16}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, shared_data):
+    """36 patients: P0-P3 without slides, P4-P7 without omics, P8 with a no-tissue slide only."""
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    ids = [f"P{i:02d}" for i in range(N)]
+    risk = rng.normal(size=N)
+    time = rng.exponential(30 * np.exp(-risk)) + 0.5
+    event = (rng.random(N) < 0.7).astype(int)
+    edges = bin_edges(time, event, 4)
+    write_tsv(pd.DataFrame({"case_id": ids, "survival_months": time, "censorship": 1 - event, "event": event,
+                            "bin": assign_bins(time, edges)}), root / "labels.tsv")
+    for k in range(FOLDS):
+        split = ["test" if i % FOLDS == k else "train" for i in range(N)]
+        write_tsv(pd.DataFrame({"case_id": ids, "split": split}), root / "splits" / f"fold{k}.tsv")
+    omics = pd.DataFrame(rng.normal(size=(N, 5)), columns=[f"G{j}_rnaseq" for j in range(5)])
+    omics["G0_rnaseq"] = risk
+    omics["M1_mut"] = (rng.random(N) < 0.3).astype(float)
+    omics["C1_cnv"] = rng.integers(-2, 3, N).astype(float)
+    omics.insert(0, "case_id", ids)
+    write_tsv(pd.concat([omics.iloc[:4], omics.iloc[8:]]), root / "omics.tsv.gz")  # P4-P7: no omics
+    rows, stores = [], []
+    boxes = shared_data / "slides" / "synthetic" / "boxes.tiff"  # 300 x 250 px: a real thumbnail
+    for i, case in enumerate(ids):
+        if i < 4:
+            continue
+        slide = f"S{i:02d}"
+        path = root / "features" / f"{slide}.zarr"
+        n = 0 if i == 8 else int(rng.integers(5, 20))
+        feats = rng.normal(size=(n, D)).astype(np.float32)
+        feats[:, 0] += risk[i]
+        coords = np.stack([rng.integers(0, 250, n), rng.integers(0, 200, n)], 1)
+        attrs = {"status": "no_tissue" if n == 0 else "ok", "slide_id": slide, "mpp": 0.5,
+                 "patch_size_level0": 50, "encoder": "toy"}
+        write_feature_store(path, feats, coords, attrs)
+        rows.append({"case_id": case, "slide_id": slide, "path": str(boxes)})
+        stores.append(str(path))
+    write_tsv(pd.DataFrame(rows), root / "slides.tsv")
+    for model, spec in SPECS.items():
+        for k in range(FOLDS):
+            rc = main([
+                "train", "--labels", str(root / "labels.tsv"), "--fold-file", str(root / "splits" / f"fold{k}.tsv"),
+                "--fold", str(k), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
+                "--sheet", str(root / "slides.tsv"), "--model", model, "--spec", json.dumps(spec),
+                "--training", json.dumps(TRAINING), "--outdir", str(root / "models" / model / f"fold{k}"),
+            ])
+            assert rc == 0
+    rc = main([
+        "evaluate", "--models", *SPECS, "--models-dir", str(root / "models"),
+        "--fold-files", *[str(root / "splits" / f"fold{k}.tsv") for k in range(FOLDS)],
+        "--labels", str(root / "labels.tsv"), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
+        "--sheet", str(root / "slides.tsv"), "--cindex", str(root / "cindex.tsv"),
+        "--missing", str(root / "cindex_missing.tsv"), "--inspect", str(root / "inspect"),
+        "--params", json.dumps({"inspect_top_features": 3}), "--training", json.dumps(TRAINING),
+    ])
+    assert rc == 0
+    return root
+
+
+def test_predictions_cover_each_models_patients(cohort):
+    pred = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t")
+    assert len(pred) == N // FOLDS  # every test patient has at least one modality
+    by_case = dict(zip(pred["case_id"], pred["modalities"]))
+    assert by_case["P00"] == "omics" and by_case["P04"] == "wsi" and by_case["P08"] == "omics"
+    assert by_case["P10"] == "wsi+omics"
+    wsi_only = pd.read_csv(cohort / "models/healnet_wsi/fold0/predictions.tsv", sep="\t")
+    assert set(wsi_only["case_id"]) == {c for c in pred["case_id"] if c not in {"P00", "P02", "P08"}}
+
+
+def test_cindex_table(cohort):
+    table = pd.read_csv(cohort / "cindex.tsv", sep="\t", dtype={"fold": str})
+    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded"]
+    assert table["fold"].tolist() == ["0", "1", "0", "1", "mean", "std", "mean", "std"]
+    rows = table.set_index(["model", "fold"])
+    assert rows.loc[("healnet", "0"), "n"] == 18 and rows.loc[("healnet", "0"), "excluded"] == 0
+    assert rows.loc[("healnet_wsi", "0"), "n"] == 15 and rows.loc[("healnet_wsi", "0"), "excluded"] == 3
+    per_fold = table[table["fold"].isin(["0", "1"]) & (table["model"] == "healnet")]
+    assert rows.loc[("healnet", "mean"), "cindex"] == pytest.approx(per_fold["cindex"].mean())
+    assert rows.loc[("healnet", "std"), "cindex"] == pytest.approx(per_fold["cindex"].std(ddof=0))
+    assert table["cindex"].between(0, 1).all() and table["ibs"].iloc[:4].between(0, 1).all()
+    # the planted signal is learned by the multimodal model
+    assert rows.loc[("healnet", "mean"), "cindex"] > 0.6
+
+
+def test_cindex_missing_scenarios(cohort):
+    table = pd.read_csv(cohort / "cindex_missing.tsv", sep="\t", dtype={"fold": str})
+    assert set(table["model"]) == {"healnet"}  # the WSI-only model has nothing to drop
+    rows = table.set_index(["scenario", "fold"])
+    fold0 = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t")
+    has_wsi = fold0["modalities"].str.contains("wsi").sum()
+    has_omics = fold0["modalities"].str.contains("omics").sum()
+    assert rows.loc[("wsi_only", "0"), "n"] == has_wsi and rows.loc[("wsi_only", "0"), "excluded"] == 18 - has_wsi
+    assert rows.loc[("omics_only", "0"), "n"] == has_omics
+    assert rows.loc[("one_random", "0"), "n"] == 18
+    assert {"mean", "std"} <= set(table["fold"])
+
+
+def test_inspection_outputs(cohort):
+    index = pd.read_csv(cohort / "inspect" / "index.tsv", sep="\t")
+    assert set(index["rank"]) == {"highest_risk", "lowest_risk"} and set(index["model"]) == set(SPECS)
+    pngs = index[index["file"].str.endswith(".png")]
+    assert len(pngs) >= 4 and all((cohort / "inspect" / f).stat().st_size > 1000 for f in pngs["file"])
+    top = pd.read_csv(cohort / "inspect" / index[index["modality"] == "omics"]["file"].iloc[0], sep="\t")
+    assert list(top.columns) == ["rank", "feature", "attention", "value"] and len(top) == 3
+    assert top["attention"].is_monotonic_decreasing and top["feature"].str.contains("_").all()
+
+
+def test_evaluate_names_a_missing_run(cohort, tmp_path, capfd):
+    rc = main([
+        "evaluate", "--models", "nosuch", "--models-dir", str(cohort / "models"),
+        "--fold-files", str(cohort / "splits" / "fold0.tsv"), "--labels", str(cohort / "labels.tsv"),
+        "--cindex", str(tmp_path / "c.tsv"), "--missing", str(tmp_path / "m.tsv"),
+    ])
+    err = capfd.readouterr().err
+    assert rc == 1 and "model 'nosuch' has not been trained on fold 0" in err and "healnet train" in err
