@@ -30,6 +30,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("omics", "healnet.commands.omics", "per-patient omics matrix of a cohort (omics.tsv.gz)"),
     ("labels", "healnet.commands.labels", "survival labels and discrete-time bins (labels.tsv)"),
     ("splits", "healnet.commands.splits", "patient-level cross-validation folds (splits/fold{k}.tsv)"),
+    ("train", "healnet.commands.train", "train one model on one fold (checkpoint, predictions, log)"),
+    ("evaluate", "healnet.commands.evaluate", "c-index tables, missing-modality evaluation, attention inspection"),
     ("km-plot", "healnet.commands.km_plot", "Kaplan-Meier curves of predicted low/high-risk groups per cohort"),
 ]
 

@@ -191,31 +191,87 @@ class Splits(Strict):
 
 
 class Training(Strict):
+    """How every model is trained per fold (healnet/training/loop.py); model-agnostic."""
+
     models: list[str] = ["healnet"]
-    seed: int = 0
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(1, ge=1)
-    grad_accumulation: int = Field(8, ge=1)
+    seed: int = Field(0, description="Seed of fold k is seed + k (init, sampling, patch subsets, dropout).")
+    epochs: int = Field(20, ge=1, description="Fixed epoch budget (the published protocol).")
+    batch_size: int = Field(1, ge=1, description="Patients per micro-batch (WSI bags are padded + masked).")
+    grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimiser step (exact: per-sample mean).")
+    eval_batch_size: int = Field(8, ge=1, description="Patients per batch at prediction time (all patches).")
     optimizer: Literal["adam", "adamw"] = "adamw"
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     alpha: float = Field(0.4, ge=0, le=1, description="Weight of uncensored terms in the NLL loss.")
-    l1: float = Field(0.0, ge=0)
-    balanced_sampling: bool = True
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices, added once per optimiser step.")
+    balanced_sampling: bool = Field(True, description="Resample training patients balanced on (bin, censorship).")
     max_patches: int | None = Field(4096, ge=1, description="Random patch subset per bag in training.")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Needs splits.inner_val_fraction > 0.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement on the inner `val` split "
+        "(needs splits.inner_val_fraction > 0); never uses the test patients."
+    )
+    early_stopping_metric: Literal["loss", "cindex"] = Field("loss", description="What early stopping watches on `val`.")
+    cache_gb: float = Field(2.0, ge=0, description="Keep patch features in memory up to this size, else read per use.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+MODALITIES = ("wsi", "omics", "rnaseq", "cnv", "mut", "clinical")
+
+
 class ModelSpec(Strict):
+    """One trainable model: an architecture of the registry, its modalities and keyword arguments."""
+
     architecture: str = Field(..., description="Registry name, e.g. healnet, snn, abmil.")
-    modalities: list[str] = Field(..., min_length=1, description="wsi, omics, rnaseq, cnv, mut.")
+    modalities: list[Literal[MODALITIES]] = Field(
+        ..., min_length=1,
+        description="In update order: wsi, omics (all omic types), or rnaseq/cnv/mut/clinical separately.",
+    )
     params: dict[str, Any] = Field({}, description="Keyword arguments of the architecture.")
 
 
 class Evaluation(Strict):
-    missing_seed: int = 0
-    inspect_top_features: int = 20
+    """Metrics, missing-modality evaluation and inspection (healnet/evaluate.py)."""
+
+    missing_seed: int = Field(0, description="Seed of the 50/50 one-modality-per-patient scenario.")
+    inspect_top_features: int = Field(20, ge=1, description="Omic features listed per inspected patient.")
+    inspect_thumbnail_px: int = Field(1024, ge=64, description="Longest side of the heatmap thumbnail.")
+    ibs_grid_points: int = Field(100, ge=10, description="Time points of the integrated Brier score.")
+
+
+class Paper(Strict):
+    """The paper's tables and figures (healnet/paper, target rule `paper`)."""
+
+    cohorts: list[str] = Field(["demo"], description="Cohorts of the tables and figures, in column order.")
+    models: list[str] = Field(
+        ["snn", "abmil", "porpoise", "mcat", "perceiver", "healnet"],
+        description="Rows of Table 1 (keys of `models`); trained on every paper cohort with the `train` rule.",
+    )
+    missing_model: str | None = Field(
+        "healnet",
+        description="Table 2: the model given one modality per test patient (evaluation.missing_seed); "
+        "null: no XOR comparison.",
+    )
+    unimodal: dict[str, str] = Field(
+        {"wsi": "abmil", "omics": "snn"},
+        description="Table 2 XOR baseline: modality -> the unimodal model that predicts a patient given only it.",
+    )
+    inspect_model: str | None = Field(
+        "healnet", description="Model whose attention is inspected (Figure 3); null: no inspection."
+    )
+    top_patches: int = Field(8, ge=1, description="Highest-attention patches saved as PNG tiles per inspected patient.")
+    published_as: dict[str, str] = Field(
+        {m: m for m in ("snn", "abmil", "porpoise", "mcat", "perceiver", "healnet")},
+        description="Model -> row of the published results (healnet/paper/published.tsv) shown beside ours.",
+    )
+
+    def needed_models(self) -> list[str]:
+        """Every model a paper cohort trains: the table rows, the XOR pair, the inspected model."""
+        names = list(self.models)
+        if self.missing_model:
+            names += [self.missing_model, *self.unimodal.values()]
+        if self.inspect_model:
+            names.append(self.inspect_model)
+        return list(dict.fromkeys(names))
 
 
 class Config(Strict):

@@ -269,3 +269,79 @@ def split_sha256(wildcards):
             f"cohort {wildcards.cohort!r}: no split {k}; splits_sha256 pins {len(hashes)} folds"
         )
     return hashes[k]
+
+
+# --- Training and evaluation (healnet/training, healnet/evaluate.py) ---
+from types import SimpleNamespace
+
+
+def model_spec_json(wildcards):
+    """The model's config entry (architecture, modalities, params) as JSON for `healnet train`."""
+    return CFG.models[wildcards.model].model_dump_json()
+
+
+def model_names_regex():
+    return "|".join(sorted(CFG.models)) or "NO_MODEL"
+
+
+def model_data_inputs(cohort_name, models):
+    """Data the models read: omics matrix if any uses omics, feature stores + sheet if any uses WSI."""
+    specs = [CFG.models[m] for m in models]
+    out = {}
+    if any(mod != "wsi" for s in specs for mod in s.modalities):
+        out["omics"] = f"results/{cohort_name}/omics.tsv.gz"
+    if any("wsi" in s.modalities for s in specs):
+        sheet = sample_sheet_path(cohort_name)
+        if sheet is not None:  # a cohort without slides: WSI missing for everyone
+            out["sheet"] = sheet
+            out["features"] = feature_stores(SimpleNamespace(cohort=cohort_name))
+    return out
+
+
+def train_inputs(wildcards):
+    c = wildcards.cohort
+    return {
+        "labels": f"results/{c}/labels.tsv",
+        "fold": f"results/{c}/splits/fold{wildcards.fold}.tsv",
+        **model_data_inputs(c, [wildcards.model]),
+    }
+
+
+def evaluate_inputs(wildcards):
+    c = wildcards.cohort
+    runs = [
+        f"results/{c}/models/{m}/fold{k}"
+        for m in cohort_models(c)
+        for k in range(n_folds(c))
+    ]
+    return {
+        "labels": f"results/{c}/labels.tsv",
+        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
+        "checkpoints": [f"{r}/checkpoint.pt" for r in runs],
+        "predictions": [f"{r}/predictions.tsv" for r in runs],
+        **model_data_inputs(c, cohort_models(c)),
+    }
+
+
+def data_args(wildcards, input):
+    """The optional data arguments of `healnet train/evaluate` (--omics, --sheet, --features)."""
+    names = input.keys()
+    args = []
+    if "omics" in names:
+        args.append(f"--omics {input.omics}")
+    if "sheet" in names:
+        args.append(f"--sheet {input.sheet}")
+    if "features" in names:
+        args.append("--features " + " ".join(input.features))
+    return " ".join(args)
+
+
+def cohort_model_list(wildcards):
+    return " ".join(cohort_models(wildcards.cohort))
+
+
+# --- Conda environments (envs/) ---
+import os
+
+# envs/healnet.post-deploy.sh installs this repository's package into a new rule env (--use-conda).
+os.environ["HEALNET_REPO"] = str(Path(workflow.basedir).parent)
