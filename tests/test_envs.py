@@ -1,0 +1,348 @@
+"""Environments and rule hygiene: every rule names an env in envs/ that really holds what its
+command imports, the envs agree with setup.cfg, and every rule has log/conda (heavy ones also
+benchmark, threads, resources).
+
+The rules are read through Snakemake's own Workflow API (what Snakemake will run); the command a
+rule runs is the `healnet <stage>` in its shell, and what that needs is found by following the
+package's imports (ast) down to third-party modules, mapped to distributions by importlib.metadata.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.metadata as md
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from healnet.cli import COMMANDS
+
+REPO = Path(__file__).resolve().parents[1]
+# Rules that do real work per slide / cohort / model: they must be benchmarked and sized.
+HEAVY = {"tissue", "patches", "features", "train", "evaluate", "omics"}
+GPU_RULES = {"features", "train"}  # the issue: `gpu` for feature extraction and training
+BUILD_TOOLS = {"pip", "setuptools", "wheel"}  # needed to install the package, not by it
+
+
+@pytest.fixture(scope="module")
+def rules():
+    """The workflow's rules, as Snakemake parses them (config.yaml, no DAG)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings()) as api:
+            wf = api.workflow(
+                resource_settings=ResourceSettings(), snakefile=REPO / "workflow" / "Snakefile", workdir=REPO
+            )
+            return {r.name: r for r in wf._workflow.rules}
+    finally:
+        os.chdir(cwd)  # the API changes into workdir
+
+
+def declared_keywords() -> dict[str, set[str]]:
+    """rule name -> keywords written in its block (to tell `threads: 1` from the default)."""
+    out: dict[str, set[str]] = {}
+    for smk in sorted((REPO / "workflow").rglob("*.smk")) + [REPO / "workflow" / "Snakefile"]:
+        name = None
+        for line in smk.read_text().splitlines():
+            m = re.match(r"(?:rule|checkpoint) (\w+):", line)
+            if m:
+                name = m.group(1)
+                out[name] = set()
+            elif line and not line[0].isspace():
+                name = None
+            elif name and (k := re.match(r" {4}(\w+):", line)):
+                out[name].add(k.group(1))
+    return out
+
+
+def shell_rules(rules) -> dict:
+    return {name: r for name, r in rules.items() if r.shellcmd}
+
+
+def env_path(rule) -> Path:
+    """The rule's `conda:` file, resolved like Snakemake does (relative to the rule's .smk file)."""
+    return (Path(str(rule.snakefile)).parent / str(rule.conda_env)).resolve()
+
+
+def read_env(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(conda deps, pip deps): canonical name -> the spec text after the name."""
+    data = yaml.safe_load(path.read_text())
+    conda, pip = {}, {}
+    for dep in data["dependencies"]:
+        if isinstance(dep, dict):
+            for line in dep.get("pip", []):
+                if line.startswith("-"):
+                    continue  # options (-e, --index-url): none expected, see test below
+                req = Requirement(line)
+                pip[canonicalize_name(req.name)] = str(req.specifier)
+        else:
+            name, spec = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", dep).groups()
+            conda[canonicalize_name(name)] = spec
+    return conda, pip
+
+
+def install_requires() -> dict[str, Requirement]:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    lines = [ln.strip() for ln in cfg["options"]["install_requires"].splitlines() if ln.strip()]
+    return {canonicalize_name(Requirement(ln).name): Requirement(ln) for ln in lines}
+
+
+# --- what a command imports -------------------------------------------------------------------
+
+
+def module_file(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
+@cache
+def direct_imports(module: str, top_level_only: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """(healnet modules, third-party top-level names) imported by `module`'s source."""
+    path = module_file(module)
+    if path is None:
+        return frozenset(), frozenset()
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    internal, external = set(), set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            targets = [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            targets = [(base, [a.name for a in node.names])]
+        else:
+            continue
+        for base, names in targets:
+            top = base.split(".")[0]
+            if top == "healnet":
+                internal.add(base)
+                # `from healnet.x import y`: y may be a submodule
+                internal.update(f"{base}.{n}" for n in names if _is_module(f"{base}.{n}"))
+            elif top and top not in sys.stdlib_module_names and top != "__future__":
+                external.add(top)
+    return frozenset(internal), frozenset(external)
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def with_parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def third_party_closure(roots: list[str], top_level_only: bool) -> set[str]:
+    """Third-party modules reachable from `roots` through healnet's imports."""
+    seen, todo, external = set(), list(roots), set()
+    while todo:
+        mod = todo.pop()
+        for m in with_parents(mod):
+            if m in seen:
+                continue
+            seen.add(m)
+            internal, ext = direct_imports(m, top_level_only)
+            external |= ext
+            todo.extend(internal)
+    return external
+
+
+def command_needs(command: str) -> set[str]:
+    """Distributions `healnet <command>` imports: all of its module's reach (conservative: lazy
+    imports included), plus what the CLI imports at start-up (every command module's top level)."""
+    modules = {name: module for name, module, _ in COMMANDS}
+    if command not in modules:
+        raise AssertionError(f"`healnet {command}` is not a command in healnet/cli.py COMMANDS")
+    top = third_party_closure(["healnet.cli", *modules.values()], top_level_only=True)
+    full = third_party_closure([modules[command]], top_level_only=False)
+    return {distribution_of(name) for name in top | full}
+
+
+@cache
+def distribution_of(top_module: str) -> str:
+    dists = md.packages_distributions().get(top_module)
+    if not dists:
+        raise AssertionError(
+            f"healnet imports {top_module!r}, which no installed distribution provides; "
+            "install it and add it to setup.cfg install_requires and envs/healnet.yaml"
+        )
+    return canonicalize_name(dists[0])
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_every_rule_has_log_and_conda_and_heavy_rules_benchmark_threads_resources(rules):
+    keywords = declared_keywords()
+    problems = []
+    for name, rule in shell_rules(rules).items():
+        if not rule.log:
+            problems.append(f"{name}: no log:")
+        if not rule.conda_env:
+            problems.append(f"{name}: no conda:")
+        if name in HEAVY:
+            if not rule.benchmark:
+                problems.append(f"{name}: heavy rule without benchmark:")
+            if "threads" not in keywords.get(name, set()):
+                problems.append(f"{name}: heavy rule without threads:")
+            if "mem_mb" not in rule.resources:
+                problems.append(f"{name}: heavy rule without resources: mem_mb")
+        if name in GPU_RULES and "gpu" not in rule.resources:
+            problems.append(f"{name}: needs resources: gpu=1 (the default profile runs one GPU job at a time)")
+    assert not problems, "\n".join(problems)
+    assert {"omics", "labels", "splits"} <= set(rules), sorted(rules)
+
+
+def test_default_profile_allows_one_gpu_job_at_a_time():
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["resources"]["gpu"] == 1
+    assert profile.get("rerun-incomplete") is True  # an interrupted store is recomputed, never read
+
+
+def test_each_rule_env_exists_and_holds_what_its_command_imports(rules):
+    problems = []
+    checked = 0
+    for name, rule in shell_rules(rules).items():
+        path = env_path(rule)
+        if path.parent != REPO / "envs" or not path.is_file():
+            problems.append(f"{name}: conda: {rule.conda_env} is not a file in envs/")
+            continue
+        m = re.search(r"\bhealnet\s+([a-z][a-z0-9-]*)", rule.shellcmd)
+        assert m, f"rule {name} does not call `healnet <stage>`: {rule.shellcmd!r}"
+        conda, pip = read_env(path)
+        missing = command_needs(m.group(1)) - set(conda) - set(pip)
+        if missing:
+            problems.append(f"{name} (healnet {m.group(1)}): {path.name} lacks {sorted(missing)}")
+        checked += 1
+    assert not problems, "\n".join(problems)
+    assert checked >= 5
+
+
+def test_command_needs_finds_lazy_and_transitive_imports():
+    """The import walk itself: `omics` needs pandas but not torch; `train` reaches torch."""
+    omics = command_needs("omics")
+    assert {"pandas", "numpy", "pydantic", "pyyaml"} <= omics
+    assert "torch" not in omics and "openslide-python" not in omics
+    assert "torch" in command_needs("train")
+    assert {"scikit-survival", "matplotlib"} <= command_needs("km-plot")
+
+
+def test_package_imports_are_declared_in_setup_cfg():
+    declared = set(install_requires())
+    imported = third_party_closure(
+        [f"healnet.{p.relative_to(REPO / 'healnet').with_suffix('').as_posix().replace('/', '.')}"
+         for p in (REPO / "healnet").rglob("*.py") if p.name != "__init__.py"],
+        top_level_only=False,
+    )
+    undeclared = {f"{m} ({distribution_of(m)})" for m in imported if distribution_of(m) not in declared}
+    assert not undeclared, f"healnet imports these but setup.cfg install_requires lacks them: {sorted(undeclared)}"
+
+
+@pytest.mark.parametrize("env", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_env_pins_agree_with_setup_cfg(env):
+    conda, pip = read_env(env)
+    requires = install_requires()
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    python = conda["python"].lstrip("=")
+    assert SpecifierSet(cfg["options"]["python_requires"]).contains(f"{python}.0"), (env.name, python)
+    lines = next(d["pip"] for d in yaml.safe_load(env.read_text())["dependencies"] if isinstance(d, dict))
+    assert not [ln for ln in lines if ln.startswith("-")], f"{env.name}: pip options/paths are not portable here"
+    problems = []
+    for name, spec in pip.items():
+        pinned = re.fullmatch(r"==([\w.]+)", spec)
+        if not pinned:
+            problems.append(f"{name}: not pinned (==version): {spec!r}")
+        elif name not in requires:
+            problems.append(f"{name}: in {env.name} but not in setup.cfg install_requires")
+        elif not requires[name].specifier.contains(pinned.group(1), prereleases=True):
+            problems.append(f"{name}=={pinned.group(1)} violates setup.cfg {requires[name]}")
+    extra_conda = set(conda) - {"python"} - BUILD_TOOLS
+    if extra_conda:
+        problems.append(f"conda packages outside setup.cfg: {sorted(extra_conda)}")
+    if env.name == "healnet.yaml":  # the env every stage uses carries the whole package stack
+        missing = set(requires) - set(pip)
+        if missing:
+            problems.append(f"setup.cfg install_requires missing from {env.name}: {sorted(missing)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_env_pins_are_the_tested_stack():
+    """The pins are what this test run uses (the versions the tests verified), not wishes."""
+    _, pip = read_env(REPO / "envs" / "healnet.yaml")
+    differ = {}
+    for name, spec in pip.items():
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            differ[name] = (spec, "not installed")
+            continue
+        if spec != f"=={installed}":
+            differ[name] = (spec, installed)
+    if differ:
+        pytest.skip(f"this interpreter's stack differs from envs/healnet.yaml pins (update the pins after "
+                    f"re-testing): {differ}")
+
+
+def test_post_deploy_installs_the_package_editable_into_a_fresh_env(tmp_path):
+    """envs/healnet.post-deploy.sh, run as Snakemake would after creating the env, makes
+    `import healnet` and the `healnet` script resolve to the repository given in HEALNET_REPO."""
+    # a minimal copy of the repository (what setuptools reads), so the real checkout is not touched
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "healnet", repo / "healnet", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, repo / name)
+    # a bare env: no pip of its own, only pip + setuptools (build tools of envs/healnet.yaml) linked in
+    env = tmp_path / "env"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(env)], check=True, timeout=60)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for mod in ("pip", "setuptools", "_distutils_hack"):
+        src = Path(importlib.util.find_spec(mod).origin).parent
+        (tools / mod).symlink_to(src)
+    for dist in ("pip", "setuptools"):
+        info = Path(md.distribution(dist)._path)  # type: ignore[attr-defined]
+        (tools / info.name).symlink_to(info)
+    site = next((env / "lib").glob("python*/site-packages"))
+    (site / "zz_build_tools.pth").write_text(str(tools) + "\n")
+    environ = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ['PATH']}", "HEALNET_REPO": str(repo)}
+    environ.pop("PYTHONPATH", None)
+    script = REPO / "envs" / "healnet.post-deploy.sh"
+    result = subprocess.run(["bash", str(script)], env=environ, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    where = subprocess.run([str(env / "bin" / "python"), "-c", "import healnet; print(healnet.__file__)"],
+                           capture_output=True, text=True, check=True, env=environ, cwd=tmp_path).stdout.strip()
+    assert where == str(repo / "healnet" / "__init__.py")
+    assert (env / "bin" / "healnet").is_file()
+    # without HEALNET_REPO it fails with the fix, not with a pip traceback
+    environ.pop("HEALNET_REPO")
+    bad = subprocess.run(["bash", str(script)], env=environ, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "HEALNET_REPO is not set" in bad.stderr
+
+
+def test_common_smk_tells_post_deploy_where_the_repository_is(rules):
+    assert os.environ.get("HEALNET_REPO") == str(REPO)
