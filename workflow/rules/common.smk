@@ -346,3 +346,11 @@ import os
 # envs/healnet.post-deploy.sh installs this repository's package into a new rule env (--use-conda).
 # (A write, not a read, so no `envvars:`; .update() keeps `snakemake --lint` from taking it for one.)
 os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))
+
+
+# --- Report (healnet/report.py, workflow/report/) ---
+
+
+def cohort_predictions(wildcards):
+    """predictions.tsv of every model and fold of the cohort (the Kaplan-Meier plot's input)."""
+    return evaluate_inputs(wildcards)["predictions"]

@@ -75,3 +75,34 @@ rule evaluate:
         "--params {params.evaluation:q} --training {params.training:q} "
         "--omics-params {params.omics:q} --labels-params {params.labels:q} "
         "--threads {threads} --log {log}"
+
+
+# Kaplan-Meier curves of predicted low/high-risk groups per model (healnet/report.py).
+rule km_plot:
+    input:
+        predictions=cohort_predictions,
+    output:
+        plot=report(
+            "results/{cohort}/km.png",
+            caption="../report/km.rst",
+            category="Evaluation",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "figure": "Kaplan-Meier"},
+        ),
+        stats=report(
+            "results/{cohort}/km_logrank.tsv",
+            caption="../report/km_logrank.rst",
+            category="Evaluation",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "table": "log-rank test"},
+        ),
+    log:
+        "logs/{cohort}/km_plot.log",
+    conda:
+        "../../envs/healnet.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "healnet km-plot --predictions {input.predictions} --plot {output.plot} "
+        "--stats {output.stats} --title {wildcards.cohort} --log {log}"
