@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("splits", "healnet.commands.splits", "patient-level cross-validation folds (splits/fold{k}.tsv)"),
     ("train", "healnet.commands.train", "train one model on one fold (checkpoint, predictions, log)"),
     ("evaluate", "healnet.commands.evaluate", "c-index tables, missing-modality evaluation, attention inspection"),
+    ("paper", "healnet.commands.paper", "the paper's tables and figures: per-cohort evaluation, Tables 1-2, uplift"),
     ("km-plot", "healnet.commands.km_plot", "Kaplan-Meier curves of predicted low/high-risk groups per cohort"),
 ]
 

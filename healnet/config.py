@@ -291,6 +291,7 @@ class Config(Strict):
     }
     evaluation: Evaluation = Evaluation()
     gdc: Gdc = Gdc()
+    paper: Paper = Paper()
 
     @model_validator(mode="after")
     def _gdc_cohort_paths(self) -> "Config":
@@ -315,6 +316,36 @@ class Config(Strict):
         for model in self.training.models:
             if model not in self.models:
                 raise ValueError(f"training.models: unknown model {model!r}; defined in `models`: {sorted(self.models)}")
+        return self
+
+    @model_validator(mode="after")
+    def _paper_names_resolve(self) -> "Config":
+        p = self.paper
+        if "paper" in self.cohorts:
+            raise ValueError("cohorts: the name 'paper' is reserved for results/paper (the paper's tables); rename the cohort")
+        for name in p.cohorts:
+            if name not in self.cohorts:
+                raise ValueError(f"paper.cohorts: unknown cohort {name!r}; defined in `cohorts`: {sorted(self.cohorts)}")
+        for model in p.needed_models():
+            if model not in self.models:
+                raise ValueError(
+                    f"paper: unknown model {model!r} (models, missing_model, unimodal, inspect_model); "
+                    f"defined in `models`: {sorted(self.models)}"
+                )
+        if p.missing_model:
+            mods = self.models[p.missing_model].modalities
+            lacking = [m for m in mods if m not in p.unimodal]
+            if lacking:
+                raise ValueError(
+                    f"paper.unimodal: no unimodal model for modalities {lacking} of paper.missing_model "
+                    f"{p.missing_model!r}; add e.g. `{lacking[0]}: <model using only {lacking[0]}>`"
+                )
+            for modality, model in p.unimodal.items():
+                if self.models[model].modalities != [modality]:
+                    raise ValueError(
+                        f"paper.unimodal.{modality}: model {model!r} uses {self.models[model].modalities}, "
+                        f"not only [{modality}]"
+                    )
         return self
 
     def cohort_encoder(self, cohort: str) -> str:

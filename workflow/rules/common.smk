@@ -348,6 +348,59 @@ import os
 os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))
 
 
+# --- Paper tables and figures (healnet/paper, rules/paper.smk) ---
+
+
+def paper_models():
+    """Models every paper cohort trains: Table 1's rows, the XOR pair, the inspected model."""
+    return CFG.paper.needed_models()
+
+
+def paper_model_list(wildcards):
+    return " ".join(paper_models())
+
+
+def paper_cohorts_regex():
+    return "|".join(CFG.paper.cohorts) or "NO_PAPER_COHORT"
+
+
+def paper_files(name):
+    """results/paper/{cohort}/<name> of every paper cohort, in column order."""
+    return [f"results/paper/{c}/{name}" for c in CFG.paper.cohorts]
+
+
+def paper_inspection_dirs():
+    return [f"results/paper/inspection/{c}" for c in CFG.paper.cohorts]
+
+
+def paper_cohort_inputs(wildcards):
+    """What `healnet paper cohort` reads: every paper model's runs of the cohort, and their data."""
+    c = wildcards.cohort
+    runs = [f"results/{c}/models/{m}/fold{k}" for m in paper_models() for k in range(n_folds(c))]
+    return {
+        "labels": f"results/{c}/labels.tsv",
+        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
+        "runs": [f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")],
+        **model_data_inputs(c, paper_models()),
+    }
+
+
+def paper_cohort_keys(wildcards):
+    """Published column of each paper cohort (TCGA-BLCA -> blca; else the cohort's name)."""
+    from healnet.paper.tables import published_key
+
+    return " ".join(
+        published_key(c, cohort(c).gdc_project) for c in CFG.paper.cohorts
+    )
+
+
+def paper_modalities_json(wildcards):
+    """{model: modalities} of the paper models, as JSON (unimodal vs multimodal)."""
+    import json
+
+    return json.dumps({m: CFG.models[m].modalities for m in paper_models()})
+
+
 # --- Report (healnet/report.py, workflow/report/) ---
 
 
