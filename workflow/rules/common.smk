@@ -376,11 +376,17 @@ def paper_inspection_dirs():
 def paper_cohort_inputs(wildcards):
     """What `healnet paper cohort` reads: every paper model's runs of the cohort, and their data."""
     c = wildcards.cohort
-    runs = [f"results/{c}/models/{m}/fold{k}" for m in paper_models() for k in range(n_folds(c))]
+    runs = [
+        f"results/{c}/models/{m}/fold{k}"
+        for m in paper_models()
+        for k in range(n_folds(c))
+    ]
     return {
         "labels": f"results/{c}/labels.tsv",
         "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
-        "runs": [f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")],
+        "runs": [
+            f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")
+        ],
         **model_data_inputs(c, paper_models()),
     }
 
@@ -389,9 +395,7 @@ def paper_cohort_keys(wildcards):
     """Published column of each paper cohort (TCGA-BLCA -> blca; else the cohort's name)."""
     from healnet.paper.tables import published_key
 
-    return " ".join(
-        published_key(c, cohort(c).gdc_project) for c in CFG.paper.cohorts
-    )
+    return " ".join(published_key(c, cohort(c).gdc_project) for c in CFG.paper.cohorts)
 
 
 def paper_modalities_json(wildcards):
