@@ -85,7 +85,6 @@ class Gdc(Strict):
     page_size: int = Field(500, ge=1, le=10000, description="Records per `files` query page.")
 
 
-
 class Demo(Strict):
     """Synthetic demo cohort generator (`healnet demo-cohort`; planted signal: healnet/demo/cohort.py)."""
 
@@ -118,47 +117,77 @@ class Demo(Strict):
 
 
 class SlideReading(Strict):
-    on_slide_error: Literal["fail", "skip"] = "skip"
+    """How slides are opened and their level-0 resolution (mpp) is found."""
+
+    on_slide_error: Literal["fail", "skip"] = Field(
+        "skip",
+        description="fail: stop at a bad slide with the cause; skip: record it (status failed) and go on.",
+    )
     use_objective_power: bool = Field(
         False, description="Derive mpp from objective power (10 / power) when no mpp is known."
+    )
+    plausible_mpp: list[float] = Field(
+        [0.05, 20.0], min_length=2, max_length=2,
+        description="Metadata mpp outside this range (e.g. a 72-dpi TIFF default) is ignored as unknown.",
     )
 
 
 class Tissue(Strict):
+    """Tissue detection on a low-resolution image; sizes in um so they do not depend on the scanner."""
+
     thumbnail_mpp: float = Field(8.0, gt=0, description="Resolution of the mask (um/px).")
     median_blur_um: float = Field(56.0, ge=0)
     closing_um: float = Field(64.0, ge=0)
     min_tissue_area_um2: float = Field(40000.0, ge=0)
-    min_hole_area_um2: float = Field(20000.0, ge=0)
-    max_holes: int = Field(32, ge=0)
+    min_hole_area_um2: float = Field(20000.0, ge=0, description="Smaller holes are filled.")
+    max_holes: int = Field(32, ge=0, description="Keep at most this many (largest) holes per polygon.")
     saturation_threshold: int | None = Field(None, ge=0, le=255, description="Fixed threshold; default Otsu.")
-    filter_dark: bool = True
-    filter_pen: bool = True
+    min_saturation: int = Field(
+        15, ge=0, le=255, description="Floor under the Otsu threshold, so a blank slide finds no tissue."
+    )
+    filter_dark: bool = Field(True, description="Drop near-black pixels (ink, dirt, scanner borders).")
+    dark_value: int = Field(40, ge=0, le=255, description="Max RGB value below which a pixel is 'dark'.")
+    filter_pen: bool = Field(True, description="Drop green/blue pen marks (hue 70-236 deg, saturated).")
 
 
 class Patching(Strict):
+    """The patch grid: non-overlapping patches of `patch_size` px at exactly `target_mpp`."""
+
     target_mpp: float = Field(0.5, gt=0)
     patch_size: int = Field(224, ge=16)
     min_tissue_fraction: float = Field(0.5, ge=0, le=1)
-    mpp_tolerance: float = Field(0.1, ge=0, lt=1, description="Relative mpp tolerance for level choice.")
+    mpp_tolerance: float = Field(
+        0.1, ge=0, lt=1,
+        description="A level up to this much (relative) coarser than the target still counts as 'at target'.",
+    )
 
 
 class Encoder(Strict):
+    """A patch encoder built with timm."""
+
     model: str = Field("resnet50.tv_in1k", description="timm model name.")
-    truncate_after: str | None = Field("layer3", description="Keep the network up to this stage.")
-    pretrained: bool = True
+    truncate_after: str | None = Field(
+        "layer3", description="Keep the network up to this feature stage, then average pool; null: pooled head."
+    )
+    pretrained: bool = Field(True, description="false: random weights (tests, synthetic demo only).")
     weights: str | None = Field(None, description="Local weights file (overrides the hub).")
-    image_size: int = 224
-    mean: list[float] = [0.485, 0.456, 0.406]
-    std: list[float] = [0.229, 0.224, 0.225]
+    seed: int = Field(0, description="Seed of the random weights when pretrained is false.")
+    image_size: int = Field(224, ge=16, description="Input size; patches are resized on the device if needed.")
+    mean: list[float] | None = Field(None, description="Normalisation mean; default the model's own (timm).")
+    std: list[float] | None = Field(None, description="Normalisation std; default the model's own (timm).")
 
 
 class Features(Strict):
+    """Feature extraction: reading, batching and the device."""
+
     encoder: str = "resnet50_trunc"
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(2, ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    chunk_patches: int = Field(4096, ge=1)
+    num_workers: int = Field(2, ge=0, description="Reader processes, each with its own OpenSlide handle.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    chunk_patches: int = Field(4096, ge=1, description="Zarr chunk length (patches).")
+    region_patches: int = Field(4, ge=1, description="A read covers up to this many x this many grid patches.")
+    cache_mb: int = Field(128, ge=0, description="OpenSlide tile cache per reader (MiB).")
 
 
 class Omics(Strict):

@@ -411,3 +411,32 @@ def paper_modalities_json(wildcards):
 def cohort_predictions(wildcards):
     """predictions.tsv of every model and fold of the cohort (the Kaplan-Meier plot's input)."""
     return evaluate_inputs(wildcards)["predictions"]
+
+
+# --- WSI (healnet/wsi, rules/wsi.smk) ---
+
+
+def feature_stores(wildcards):
+    """The cohort's feature stores, one per slide of its sample sheet.
+
+    Every slide has one, with its status (a failed slide's store is empty); training reads them.
+    """
+    c = wildcards.cohort
+    encoder = encoder_of(c)
+    return [f"results/{c}/features/{encoder}/{s}.zarr" for s in cohort_slides(c)]
+
+
+def cohort_sheet(wildcards):
+    """The cohort's sample sheet (through the demo_cohort checkpoint when generated)."""
+    return sample_sheet_path(wildcards.cohort)
+
+
+def encoder_json(wildcards):
+    """The config entry `encoders.<encoder>` as JSON for `healnet features --encoder`."""
+    return CFG.encoders[wildcards.encoder].model_dump_json()
+
+
+def encoder_names_regex():
+    import re
+
+    return "|".join(re.escape(e) for e in sorted(CFG.encoders)) or "NO_ENCODER"

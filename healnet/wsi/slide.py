@@ -1,0 +1,241 @@
+"""Open a slide, resolve its level-0 resolution (mpp), choose pyramid levels and read regions.
+
+Everything downstream works in level-0 pixels and micrometres; this module is the only place that
+knows about pyramid levels, OpenSlide handles and vendor metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from healnet import config
+
+log = logging.getLogger(__name__)
+
+# Status values recorded for every slide (stores, qc table).
+OK, FAILED, NO_TISSUE = "ok", "failed", "no_tissue"
+
+
+class SlideError(RuntimeError):
+    """A problem with one slide: recorded (on_slide_error: skip) or raised to the user (fail)."""
+
+    def __init__(self, path: str | Path, reason: str, fix: str = ""):
+        self.path = str(path)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"slide {path}: {reason}" + (f"; {fix}" if fix else ""))
+
+
+MPP_FIX = (
+    "add an `mpp` column (level-0 um/px) to the sample sheet for this slide, "
+    "or set `cohorts.<name>.mpp` in the config for the whole cohort"
+)
+
+
+@dataclass(frozen=True)
+class Mpp:
+    """Level-0 micrometres per pixel and where the value came from (recorded in every output)."""
+
+    x: float
+    y: float
+    source: str
+
+    @property
+    def mean(self) -> float:
+        return (self.x + self.y) / 2
+
+
+def _float(value: object) -> float | None:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+_UNIT_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
+
+
+def resolve_mpp(
+    properties: Mapping[str, str],
+    path: str | Path,
+    sheet_mpp: float | None = None,
+    cohort_mpp: float | None = None,
+    use_objective_power: bool = False,
+    plausible: tuple[float, float] = (0.05, 20.0),
+) -> Mpp:
+    """Level-0 mpp in this order: OpenSlide's `openslide.mpp-x/y`, vendor keys (`aperio.MPP`, TIFF
+    resolution with its unit), the sample sheet's `mpp`, the cohort override, and - only when the config
+    allows it - 10 / objective power. Metadata outside `plausible` (e.g. the 72-dpi default of a plain
+    TIFF, 352 um/px) is ignored with a warning. No mpp at all is a SlideError naming both fixes.
+    """
+    lo, hi = plausible
+
+    def check(x: float | None, y: float | None, source: str) -> Mpp | None:
+        if x is None:
+            return None
+        y = y or x
+        if not (lo <= x <= hi and lo <= y <= hi):
+            log.warning("%s: ignoring implausible mpp %.4g x %.4g from %s (outside %s-%s um/px)",
+                        path, x, y, source, lo, hi)
+            return None
+        if abs(x - y) / max(x, y) > 0.02:
+            log.warning("%s: anisotropic pixels (mpp %.4g x %.4g from %s)", path, x, y, source)
+        return Mpp(x, y, source)
+
+    candidates = [
+        (lambda: (_float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))),
+         "openslide.mpp-x/y"),
+        (lambda: (_float(properties.get("aperio.MPP")), None), "aperio.MPP"),
+        (lambda: _tiff_resolution(properties), "tiff resolution"),
+    ]
+    for getter, source in candidates:
+        mpp = check(*getter(), source)
+        if mpp:
+            return mpp
+    for value, source in ((sheet_mpp, "sample sheet"), (cohort_mpp, "cohort override")):
+        if _float(value) is not None:
+            return Mpp(float(value), float(value), source)  # type: ignore[arg-type]
+    power = _float(properties.get("openslide.objective-power"))
+    if use_objective_power and power:
+        mpp = 10.0 / power
+        log.warning("%s: no mpp in the metadata; using 10 / objective power %g = %.3f um/px "
+                    "(slide_reading.use_objective_power is on)", path, power, mpp)
+        return Mpp(mpp, mpp, f"objective power {power:g}")
+    hint = f" (objective power {power:g} is known; slide_reading.use_objective_power: true would use it)" if power else ""
+    raise SlideError(path, f"no mpp (um/px) in the slide metadata{hint}", MPP_FIX)
+
+
+def _tiff_resolution(properties: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """um/px from tiff.X/YResolution (pixels per unit) and tiff.ResolutionUnit."""
+    unit = _UNIT_UM.get(str(properties.get("tiff.ResolutionUnit", "")).lower())
+    xres = _float(properties.get("tiff.XResolution"))
+    yres = _float(properties.get("tiff.YResolution"))
+    if unit is None or xres is None:
+        return None, None
+    return unit / xres, (unit / yres if yres else None)
+
+
+def choose_level(downsamples: list[float] | tuple[float, ...], target_downsample: float, tolerance: float) -> int:
+    """The pyramid level closest to, and at or finer than, `target_downsample` (a level up to
+    `tolerance` coarser, relative, still counts: scanners round their downsamples)."""
+    limit = target_downsample * (1 + tolerance)
+    ok = [i for i, d in enumerate(downsamples) if d <= limit]
+    if not ok:
+        return int(np.argmin(downsamples))
+    return max(ok, key=lambda i: downsamples[i])
+
+
+def area_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height) with area averaging (a box filter when shrinking), never nearest."""
+    if (img.shape[1], img.shape[0]) == tuple(size):
+        return img
+    shrinking = size[0] <= img.shape[1] and size[1] <= img.shape[0]
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide RGBA -> RGB uint8, with transparent (unscanned) pixels as white background."""
+    alpha = rgba[..., 3]
+    rgb = rgba[..., :3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return (rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+class Slide:
+    """An opened slide with its resolved mpp. Not shareable across processes: each reader worker
+    opens its own (`Slide(path, mpp=...)`)."""
+
+    def __init__(self, path: str | Path, mpp: Mpp | None = None, cache_mb: int = 0):
+        import openslide
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(path, "file not found", "fix the `path` column of the sample sheet")
+        try:
+            self.osr = openslide.OpenSlide(str(self.path))
+        except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
+            raise SlideError(
+                path, f"cannot be opened by OpenSlide ({type(err).__name__}: {err})",
+                "check that the file is complete (re-download it) and in a format OpenSlide reads "
+                "(https://openslide.org/formats/); convert it or drop it from the sample sheet",
+            ) from None
+        if cache_mb:
+            self.osr.set_cache(openslide.OpenSlideCache(cache_mb * 1024 * 1024))
+        self.mpp = mpp
+        self.properties = dict(self.osr.properties)
+        self.dimensions: tuple[int, int] = self.osr.dimensions
+        self.level_dimensions: tuple[tuple[int, int], ...] = self.osr.level_dimensions
+        self.level_downsamples: tuple[float, ...] = self.osr.level_downsamples
+
+    @classmethod
+    def open(cls, path: str | Path, reading: config.SlideReading, sheet_mpp: float | None = None,
+             cohort_mpp: float | None = None) -> "Slide":
+        """Open and resolve mpp (SlideError when the file is unreadable or has no known mpp)."""
+        slide = cls(path)
+        slide.mpp = resolve_mpp(slide.properties, path, sheet_mpp, cohort_mpp,
+                                reading.use_objective_power, tuple(reading.plausible_mpp))  # type: ignore[arg-type]
+        log.info("%s: %d x %d px, %d levels, mpp %.4f (%s), vendor %s", path, *slide.dimensions,
+                 len(slide.level_dimensions), slide.mpp.mean, slide.mpp.source,
+                 slide.properties.get("openslide.vendor", "?"))
+        return slide
+
+    def close(self) -> None:
+        self.osr.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tile_size(self, level: int) -> tuple[int, int]:
+        p = self.properties
+        w = int(p.get(f"openslide.level[{level}].tile-width", 0) or 0)
+        h = int(p.get(f"openslide.level[{level}].tile-height", 0) or 0)
+        return (w or 256, h or 256)
+
+    def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of `size` at `level`, top-left `location` in level-0 px."""
+        import openslide
+
+        try:
+            region = self.osr.read_region((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+        except openslide.OpenSlideError as err:
+            raise SlideError(
+                self.path, f"read failed at level {level}, {location} ({err}): corrupt or truncated image data",
+                "re-download or re-export the slide, or drop it from the sample sheet",
+            ) from None
+        return rgba_to_rgb(np.asarray(region))
+
+    def image_at(
+        self, mpp: float, tolerance: float = 0.1, max_strip_px: int = 64_000_000
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """The whole slide at about `mpp` um/px (area-resampled from the finest sufficient level).
+        Returns the RGB image and its scale (image px per level-0 px, x and y)."""
+        assert self.mpp is not None
+        target_ds = mpp / self.mpp.mean
+        level = choose_level(self.level_downsamples, target_ds, tolerance)
+        w0, h0 = self.dimensions
+        out_w, out_h = max(1, round(w0 / target_ds)), max(1, round(h0 / target_ds))
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        # Read in horizontal strips so a slide without a low-resolution level does not need the whole
+        # level in memory; strip edges fall on whole output rows, so the result is seamless.
+        rows_per_strip = max(1, int(max_strip_px // max(1, lw) * out_h / lh))
+        strips = []
+        for r0 in range(0, out_h, rows_per_strip):
+            r1 = min(out_h, r0 + rows_per_strip)
+            y0, y1 = int(r0 * lh / out_h), min(lh, math.ceil(r1 * lh / out_h))
+            strip = self.read((0, round(y0 * ds)), level, (lw, max(1, y1 - y0)))
+            strips.append(area_resize(strip, (out_w, r1 - r0)))
+        return np.concatenate(strips, axis=0), (out_w / w0, out_h / h0)

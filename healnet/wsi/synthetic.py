@@ -1,0 +1,150 @@
+"""Synthetic pyramidal slides for tests and benchmarks (real TIFF/SVS files that OpenSlide opens).
+
+`he_image` paints H&E-like tissue (pink stroma, purple nuclei of a physical size) on glass at a given
+um/px; `write_slide` writes an image as a tiled JPEG (or lossless) pyramid, either as Aperio SVS
+(mpp in the description, as scanners write it) or as a generic TIFF (mpp in the resolution tags).
+`write_large_slide` writes slides of realistic size (e.g. 100k x 80k px) in seconds by reusing a few
+pre-encoded level-0 tiles; its decode cost per tile is that of real content.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Literal
+
+import cv2
+import numpy as np
+
+Vendor = Literal["aperio", "generic"]
+
+
+def he_image(width: int, height: int, mpp: float, tissue: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """RGB uint8 (height, width, 3): H&E-like texture where `tissue` (bool mask, any size; resized) is
+    true, glass elsewhere. Nuclei are ~7 um across whatever the mpp."""
+    rng = np.random.default_rng(seed)
+    if tissue is None:
+        tissue = np.zeros((height, width), bool)
+        tissue[height // 5: 4 * height // 5, width // 6: 5 * width // 6] = True
+    mask = cv2.resize(tissue.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    img = np.empty((height, width, 3), np.float32)
+    img[:] = (238, 236, 240)
+    stroma = np.array([226, 150, 190], np.float32)
+    # Low-frequency stain variation at ~50 um.
+    coarse = rng.normal(0, 1, (max(2, int(height * mpp / 50)), max(2, int(width * mpp / 50)), 3)).astype(np.float32)
+    coarse = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) * 12
+    img[mask] = stroma + coarse[mask]
+    # Nuclei: dark purple discs, density ~1 per 150 um^2 of tissue.
+    n = int(mask.sum() * mpp * mpp / 150)
+    ys, xs = np.nonzero(mask)
+    if n and len(xs):
+        pick = rng.integers(0, len(xs), n)
+        r = max(1, round(3.5 / mpp))
+        nuclei = np.zeros((height, width), np.uint8)
+        for x, y in zip(xs[pick], ys[pick]):
+            cv2.circle(nuclei, (int(x), int(y)), r, 1, -1)
+        img[nuclei.astype(bool)] = (95, 60, 150)
+    img += rng.normal(0, 3, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _pyramid(rgb: np.ndarray, downsamples: tuple[int, ...]) -> list[np.ndarray]:
+    h, w = rgb.shape[:2]
+    return [rgb if d == 1 else cv2.resize(rgb, (max(1, w // d), max(1, h // d)), interpolation=cv2.INTER_AREA)
+            for d in downsamples]
+
+
+def _page_kwargs(vendor: Vendor, mpp: float | None, shape: tuple[int, int], tile: int, quality: int,
+                 compression: str, first: bool) -> dict:
+    kw: dict = {"tile": (tile, tile), "photometric": "rgb", "metadata": None}
+    if compression == "jpeg":
+        kw["compression"] = "jpeg"
+        kw["compressionargs"] = {"level": quality}
+    elif compression != "none":
+        kw["compression"] = compression
+    if not first:
+        kw["subfiletype"] = 1
+    if vendor == "aperio":
+        if first:
+            h, w = shape
+            desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+            if mpp:
+                desc += f"|AppMag = {round(10 / mpp)}|MPP = {mpp}"
+            kw["description"] = desc
+    elif mpp:
+        kw["resolution"] = (1e4 / mpp, 1e4 / mpp)
+        kw["resolutionunit"] = "CENTIMETER"
+    return kw
+
+
+def write_slide(
+    path: str | Path,
+    rgb: np.ndarray,
+    mpp: float | None,
+    vendor: Vendor = "aperio",
+    downsamples: tuple[int, ...] = (1, 4, 16),
+    tile: int = 256,
+    compression: str = "jpeg",
+    quality: int = 90,
+) -> Path:
+    """Write `rgb` as a tiled pyramid (levels at `downsamples`) that OpenSlide reads with `mpp`
+    (None: no resolution metadata at all)."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, bigtiff=rgb.nbytes > 2**31) as tif:
+        for i, level in enumerate(_pyramid(rgb, downsamples)):
+            tif.write(level, **_page_kwargs(vendor, mpp, rgb.shape[:2], tile, quality, compression, i == 0))
+    return path
+
+
+def write_large_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    mpp: float,
+    tissue: np.ndarray | None = None,
+    downsamples: tuple[int, ...] = (1, 4, 16, 64),
+    tile: int = 256,
+    quality: int = 90,
+    n_variants: int = 16,
+    seed: int = 0,
+) -> Path:
+    """A slide of realistic size: level-0 tiles are drawn from `n_variants` pre-encoded tissue tiles
+    and one glass tile according to `tissue` (bool, any size), lower levels are painted directly."""
+    import imagecodecs
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tissue is None:
+        tissue = np.zeros((64, 64), bool)
+        cv2.ellipse(tissue.view(np.uint8), (32, 32), (26, 22), 15, 0, 360, 1, -1)
+        tissue = tissue.astype(bool)
+    nx, ny = math.ceil(width / tile), math.ceil(height / tile)
+    tile_mask = cv2.resize(tissue.astype(np.uint8), (nx, ny), interpolation=cv2.INTER_NEAREST).astype(bool)
+    full = np.ones((tile, tile), bool)
+
+    def encode(img: np.ndarray) -> bytes:
+        return imagecodecs.jpeg_encode(img, level=quality, colorspace="RGB", outcolorspace="YCBCR",
+                                       subsampling=(2, 2))
+
+    tissue_tiles = [encode(he_image(tile, tile, mpp, full, seed=seed + i)) for i in range(n_variants)]
+    glass_tile = encode(he_image(tile, tile, mpp, ~full, seed=seed))
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, n_variants, (ny, nx))
+
+    def level0() -> Iterator[bytes]:
+        for ty in range(ny):
+            for tx in range(nx):
+                yield tissue_tiles[choice[ty, tx]] if tile_mask[ty, tx] else glass_tile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        kw = _page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", True)
+        tif.write(level0(), shape=(height, width, 3), dtype=np.uint8, **kw)
+        for d in downsamples[1:]:
+            w, h = max(1, width // d), max(1, height // d)
+            img = he_image(w, h, mpp * d, tissue, seed=seed + d)
+            tif.write(img, **_page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", False))
+    return path
