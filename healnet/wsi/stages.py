@@ -81,6 +81,7 @@ def run_tissue(
         "mpp": mpp_info.mean, "mpp_x": mpp_info.x, "mpp_y": mpp_info.y, "mpp_source": mpp_info.source,
         "dimensions": list(dims), "mask_mpp": float(np.mean(um_per_px)), "mask_shape": list(result.mask.shape),
         "scale": list(scale), "saturation_threshold": result.threshold, "tissue_mm2": round(result.area_mm2, 4),
+        "n_patches_preview": len(coords),  # the grid drawn in the QC picture; `patches` recomputes it
         **result.info,
     })
     write_text(json.dumps(T.tissue_geojson(result.polygons, scale, meta)), geojson_path)

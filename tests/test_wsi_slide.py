@@ -1,0 +1,105 @@
+"""Slide reading: mpp resolution order, level choice, patch geometry, unreadable files (real ones)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from healnet import config
+from healnet.wsi.patches import patch_geometry
+from healnet.wsi.slide import Slide, SlideError, choose_level, resolve_mpp, rgba_to_rgb
+from healnet.wsi.synthetic import he_image, write_slide
+
+
+@pytest.mark.parametrize(
+    "props, sheet, cohort, expected, source",
+    [
+        ({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25", "aperio.MPP": "0.5"}, 0.4, 0.3, 0.25, "openslide.mpp-x/y"),
+        ({"aperio.MPP": "0.5"}, 0.4, None, 0.5, "aperio.MPP"),
+        ({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}, None, None, 0.25, "tiff resolution"),
+        ({"tiff.XResolution": "50800", "tiff.ResolutionUnit": "inch"}, None, None, 0.5, "tiff resolution"),
+        ({"tiff.ResolutionUnit": "inch"}, 0.26, 0.3, 0.26, "sample sheet"),  # unit without a value: unknown
+        ({}, None, 0.3, 0.3, "cohort override"),
+        # the 72-dpi default of a plain TIFF (352 um/px, as in openslide's boxes.tiff) is not a resolution
+        ({"openslide.mpp-x": "352.78", "tiff.XResolution": "28.35", "tiff.ResolutionUnit": "centimeter"},
+         0.5, None, 0.5, "sample sheet"),
+    ],
+)
+def test_mpp_resolution_order(props, sheet, cohort, expected, source):
+    mpp = resolve_mpp(props, "s.svs", sheet, cohort)
+    assert mpp.mean == pytest.approx(expected) and mpp.source == source
+
+
+def test_objective_power_only_when_allowed():
+    props = {"openslide.objective-power": "40"}
+    with pytest.raises(SlideError) as err:
+        resolve_mpp(props, "x.svs")
+    msg = str(err.value)
+    assert "x.svs" in msg and "no mpp" in msg and "sample sheet" in msg and "cohorts.<name>.mpp" in msg
+    assert "use_objective_power" in msg
+    mpp = resolve_mpp(props, "x.svs", use_objective_power=True)
+    assert mpp.mean == pytest.approx(0.25) and mpp.source == "objective power 40"
+
+
+def test_real_slides_mpp(shared_data):
+    cmu = Slide.open(shared_data / "slides/CMU-1-Small-Region.svs", config.SlideReading())
+    assert cmu.mpp.mean == pytest.approx(0.499) and cmu.dimensions == (2220, 2967)
+    ndpi = Slide.open(shared_data / "slides/test3-DAPI-2-387.ndpi", config.SlideReading())
+    assert ndpi.mpp.mean == pytest.approx(0.2282, abs=1e-4)
+    # ndpi at 0.228 um/px: level 1 (0.456) is the closest at-or-finer level for 0.5; 491 level-0 px
+    geo = patch_geometry(ndpi.mpp.mean, ndpi.level_downsamples, config.Patching())
+    assert (geo.level, geo.patch_size_level0, geo.read_size) == (1, 491, 246)
+
+
+def test_no_mpp_real_tcga_slide(shared_data):
+    path = shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs"
+    with pytest.raises(SlideError) as err:
+        Slide.open(path, config.SlideReading())
+    assert str(path) in str(err.value) and "sample sheet" in err.value.fix and "cohorts.<name>.mpp" in err.value.fix
+    slide = Slide.open(path, config.SlideReading(), sheet_mpp=0.25)
+    assert slide.mpp.mean == 0.25 and slide.mpp.source == "sample sheet"
+
+
+@pytest.mark.parametrize("name", ["synthetic/unopenable.tiff", "small_dicom_HE.dcm"])
+def test_unopenable_real_files(shared_data, name):
+    with pytest.raises(SlideError, match="cannot be opened by OpenSlide") as err:
+        Slide(shared_data / "slides" / name)
+    assert "re-download" in err.value.fix
+
+
+def test_choose_level():
+    ds = (1.0, 2.0005, 4.0, 16.0)
+    assert choose_level(ds, 1.002, 0.1) == 0
+    assert choose_level(ds, 2.0, 0.1) == 1          # 2.0005 is within tolerance
+    assert choose_level(ds, 1.8, 0.1) == 0          # 2.0005 > 1.98: too coarse
+    assert choose_level(ds, 3.9, 0.1) == 2
+    assert choose_level(ds, 100.0, 0.1) == 3
+
+
+def test_patch_geometry_exact_half_micron():
+    p = config.Patching()
+    g = patch_geometry(0.25, (1, 4, 16), p)
+    assert (g.level, g.patch_size_level0, g.read_size) == (0, 448, 448)
+    g = patch_geometry(0.25, (1, 2, 8), p)
+    assert (g.level, g.patch_size_level0, g.read_size) == (1, 448, 224)
+    g = patch_geometry(0.499, (1,), p)
+    assert (g.level, g.patch_size_level0, g.read_size) == (0, 224, 224)
+    with pytest.raises(SlideError, match="coarser than the target"):
+        patch_geometry(1.0, (1, 4), p, "ten_x.svs")
+
+
+def test_synthetic_writer_metadata(tmp_path):
+    img = he_image(600, 400, 0.25)
+    for vendor, name in (("aperio", "a.svs"), ("generic", "g.tiff")):
+        slide = Slide.open(write_slide(tmp_path / name, img, 0.25, vendor, downsamples=(1, 4)), config.SlideReading())
+        assert slide.properties["openslide.vendor"] == {"aperio": "aperio", "generic": "generic-tiff"}[vendor]
+        assert slide.mpp.mean == pytest.approx(0.25) and slide.level_dimensions == ((600, 400), (150, 100))
+    with pytest.raises(SlideError, match="no mpp"):
+        Slide.open(write_slide(tmp_path / "n.tiff", img, None, "generic", downsamples=(1,)), config.SlideReading())
+
+
+def test_transparent_pixels_become_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)
+    rgb = rgba_to_rgb(rgba)
+    assert rgb[0, 0].tolist() == [10, 20, 30] and rgb[1, 1].tolist() == [255, 255, 255]
