@@ -141,7 +141,7 @@ def plot_km(grouped: pd.DataFrame, stats: pd.DataFrame, path: str | Path, title:
         ax.set_title(f"{row['model']}: log-rank p = {p:.3g}" if p == p else f"{row['model']}: log-rank n/a", fontsize=10)
         ax.set_xlabel("months")
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     for ax in axes[:, 0]:
         ax.set_ylabel("survival probability")
     for ax in list(axes.flat)[len(models):]:

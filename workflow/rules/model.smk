@@ -44,13 +44,24 @@ rule evaluate:
             "results/{cohort}/cindex.tsv",
             caption="../report/cindex.rst",
             category="Evaluation",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "result": "c-index per model and fold"},
         ),
         missing=report(
             "results/{cohort}/cindex_missing.tsv",
             caption="../report/cindex_missing.rst",
             category="Evaluation",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "result": "c-index with missing modalities"},
         ),
-        inspect=directory("results/{cohort}/inspect"),
+        inspect=report(
+            directory("results/{cohort}/inspect"),
+            patterns=["{name}.png"],
+            caption="../report/attention.rst",
+            category="Attention",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "heatmap": "{name}"},
+        ),
     log:
         "logs/{cohort}/evaluate.log",
     benchmark:
@@ -87,14 +98,17 @@ rule km_plot:
             caption="../report/km.rst",
             category="Evaluation",
             subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "figure": "Kaplan-Meier"},
+            labels={
+                "cohort": "{cohort}",
+                "result": "Kaplan-Meier curves of risk groups",
+            },
         ),
         stats=report(
             "results/{cohort}/km_logrank.tsv",
             caption="../report/km_logrank.rst",
             category="Evaluation",
             subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "table": "log-rank test"},
+            labels={"cohort": "{cohort}", "result": "log-rank test of risk groups"},
         ),
     log:
         "logs/{cohort}/km_plot.log",

@@ -17,9 +17,12 @@ rule tissue:
             caption="../report/wsi_tissue.rst",
             category="Slides",
             subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "slide": "{slide}"},
         ),
     log:
         "logs/{cohort}/tissue/{slide}.log",
+    benchmark:
+        "benchmarks/{cohort}/tissue/{slide}.tsv"
     conda:
         "../../envs/healnet.yaml"
     threads: 1
@@ -44,6 +47,8 @@ rule patches:
         directory("results/{cohort}/patches/{slide}.zarr"),
     log:
         "logs/{cohort}/patches/{slide}.log",
+    benchmark:
+        "benchmarks/{cohort}/patches/{slide}.tsv"
     conda:
         "../../envs/healnet.yaml"
     threads: 1
@@ -92,6 +97,8 @@ rule slides_qc:
             "results/{cohort}/qc/slides.tsv",
             caption="../report/wsi_slides.rst",
             category="Slides",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "slide": "all slides: QC table"},
         ),
     log:
         "logs/{cohort}/slides_qc.log",
