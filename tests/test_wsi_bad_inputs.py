@@ -1,0 +1,146 @@
+"""Every bad input of the issue, with real files, through the CLI: `skip` records the slide (outputs
+with status failed / no_tissue, one row in slides.tsv), `fail` stops with the slide, cause and fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from healnet import config
+from healnet.cli import main
+from healnet.wsi.store import read_feature_store, read_patch_store
+from healnet.wsi.synthetic import he_image, write_slide
+
+TINY = config.Encoder(model="resnet18", truncate_after="layer2", pretrained=False).model_dump_json()
+FEATS = config.Features(batch_size=8, num_workers=2).model_dump_json()
+SKIP = config.SlideReading(on_slide_error="skip").model_dump_json()
+FAIL = config.SlideReading(on_slide_error="fail").model_dump_json()
+
+
+def stage(name: str, out, slide, slide_id: str, reading: str = SKIP, mpp: str = "") -> int:
+    log = out / f"{slide_id}.{name}.log"
+    common = ["--log", str(log), "--slide", str(slide), "--reading", reading]
+    if name == "tissue":
+        args = ["--slide-id", slide_id, "--mpp", mpp, "--geojson", str(out / f"{slide_id}.geojson"),
+                "--qc", str(out / f"{slide_id}.png")]
+    elif name == "patches":
+        args = ["--slide-id", slide_id, "--tissue", str(out / f"{slide_id}.geojson"),
+                "--output", str(out / f"{slide_id}_p.zarr")]
+    else:
+        args = ["--patches", str(out / f"{slide_id}_p.zarr"), "--output", str(out / f"{slide_id}.zarr"),
+                "--encoder-name", "tiny", "--encoder", TINY, "--features", FEATS]
+    return main([name, *common, *args])
+
+
+def corrupt_tile(src, dst, level0_xy):
+    """Copy `src` and zero the level-0 tile that holds level-0 pixel `level0_xy`."""
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tif:
+        page = tif.pages[0]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        i = (level0_xy[1] // page.tilelength) * per_row + level0_xy[0] // page.tilewidth
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+    data[offset: offset + count] = bytes(count)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def slides(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    real = shared_data / "slides"
+    cmu = (real / "CMU-1-Small-Region.svs").read_bytes()
+    (d / "truncated.svs").write_bytes(cmu[: len(cmu) // 2])
+    blank = he_image(1344, 896, 0.5, np.zeros((896, 1344), bool))
+    tissue = np.zeros((896, 1344), bool)
+    tissue[224:672, 224:1120] = True
+    return {
+        "unopenable": (real / "synthetic/unopenable.tiff", ""),
+        "dicom": (real / "small_dicom_HE.dcm", ""),
+        "truncated": (d / "truncated.svs", ""),
+        "nompp": (real / "TCGA-CR-7395-01A-01-TS1.svs", ""),
+        "blank": (write_slide(d / "blank.svs", blank, 0.5, downsamples=(1, 4)), ""),
+        "good": (write_slide(d / "good.svs", he_image(1344, 896, 0.5, tissue), 0.5, downsamples=(1, 4)), ""),
+        # the TCGA slide with an mpp from the sample sheet, and one corrupt level-0 tile under a patch
+        "corrupt": (real / "TCGA-CR-7395-01A-01-TS1.svs", "0.3"),  # 0.3 um/px: patches come from level 0
+    }
+
+
+def test_bad_inputs_skip_and_qc_table(slides, tmp_path):
+    out = tmp_path
+    # The corrupt copy: find a patch of the intact slide, then break the tile under it.
+    src, mpp = slides["corrupt"]
+    assert stage("tissue", out, src, "probe", mpp=mpp) == 0 and stage("patches", out, src, "probe") == 0
+    xy = read_patch_store(out / "probe_p.zarr").coords[5]
+    slides = {**slides, "corrupt": (corrupt_tile(src, out / "corrupt.svs", (xy[0] + 10, xy[1] + 10)), mpp)}
+
+    for slide_id, (path, mpp) in slides.items():
+        for name in ("tissue", "patches", "features"):
+            assert stage(name, out, path, slide_id, mpp=mpp) == 0, (slide_id, name)
+
+    expected = {
+        "unopenable": ("failed", "cannot be opened by OpenSlide (OpenSlideError: Unsupported TIFF compression: 52479)"),
+        "dicom": ("failed", "Couldn't get image flavor"),
+        "truncated": ("failed", "cannot be opened by OpenSlide (OpenSlideUnsupportedFormatError"),
+        "nompp": ("failed", "no mpp (um/px) in the slide metadata"),
+        "blank": ("no_tissue", "no tissue found"),
+        "corrupt": ("failed", "read failed at level 0"),
+        "good": ("ok", ""),
+    }
+    for slide_id, (status, reason) in expected.items():
+        geo = json.loads((out / f"{slide_id}.geojson").read_text())
+        store = read_feature_store(out / f"{slide_id}.zarr")
+        assert store.attrs["status"] == status and reason in store.attrs["reason"], (slide_id, store.attrs["reason"])
+        assert (out / f"{slide_id}.png").stat().st_size > 500
+        if status == "ok":
+            assert len(store.features) == 8 and store.features.shape[1] == 128 and len(geo["features"]) == 1
+        else:
+            assert store.features.shape == (0, 128) and store.coords.shape == (0, 2)
+        for key in ("slide_id", "mpp", "patch_size_level0", "encoder", "feature_dim"):
+            assert key in store.attrs, (slide_id, key)
+    assert read_feature_store(out / "corrupt.zarr").attrs["mpp"] == 0.3  # tissue and patches were fine
+    assert json.loads((out / "corrupt.geojson").read_text())["healnet"]["status"] == "ok"
+
+    sheet = pd.DataFrame({"case_id": [f"C{i // 2}" for i in range(len(expected))], "slide_id": list(expected),
+                          "path": [str(slides[s][0]) for s in expected]})
+    sheet.to_csv(out / "sheet.tsv", sep="\t", index=False)
+    stores = [str(out / f"{s}.zarr") for s in expected]
+    assert main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores,
+                 "--output", str(out / "slides.tsv")]) == 0
+    table = pd.read_csv(out / "slides.tsv", sep="\t", keep_default_na=False)
+    assert list(table.columns) == ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches"]
+    assert table.set_index("slide_id")["status"].to_dict() == {k: v[0] for k, v in expected.items()}
+    good = table.set_index("slide_id").loc["good"]
+    assert good["n_patches"] == 8 and float(good["mpp"]) == 0.5 and 0.08 < float(good["tissue_mm2"]) < 0.12
+    assert table.set_index("slide_id").loc["nompp", "mpp"] == ""
+    # a missing store is an error naming the slide
+    assert main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores[:-1],
+                 "--output", str(out / "x.tsv"), "--log", str(out / "qc.log")]) == 1
+    assert "no feature store for slide(s) ['good']" in (out / "qc.log").read_text()
+
+
+@pytest.mark.parametrize("slide_id, words", [
+    ("unopenable", ["unopenable.tiff", "cannot be opened", "drop it from the sample sheet"]),
+    ("nompp", ["TCGA-CR-7395", "no mpp", "`mpp` column", "cohorts.<name>.mpp"]),
+])
+def test_fail_mode_stops_with_cause_and_fix(slides, tmp_path, slide_id, words):
+    path, mpp = slides[slide_id]
+    assert stage("tissue", tmp_path, path, slide_id, reading=FAIL, mpp=mpp) == 1
+    log = (tmp_path / f"{slide_id}.tissue.log").read_text()
+    for word in words + ["on_slide_error: skip"]:
+        assert word in log
+    assert "Traceback" not in log and not (tmp_path / f"{slide_id}.geojson").exists()
+
+
+def test_fail_mode_during_extraction(slides, tmp_path):
+    src, mpp = slides["corrupt"]
+    assert stage("tissue", tmp_path, src, "c", mpp=mpp) == 0 and stage("patches", tmp_path, src, "c") == 0
+    xy = read_patch_store(tmp_path / "c_p.zarr").coords[0]
+    corrupt_tile(src, tmp_path / "c.svs", (xy[0] + 5, xy[1] + 5))
+    assert stage("features", tmp_path, tmp_path / "c.svs", "c", reading=FAIL) == 1
+    log = (tmp_path / "c.features.log").read_text()
+    assert "read failed at level 0" in log and "OpenJPEG error" in log and not (tmp_path / "c.zarr").exists()
