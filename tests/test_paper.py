@@ -86,7 +86,7 @@ def test_table2_xor_one_modality_and_all():
     }
     xor = {"demo": ("x.tsv", missing_table({("xor", "one_random"): [0.58, 0.62]})),
            "blca": ("x.tsv", missing_table({("xor", "one_random"): [0.55, 0.57]}))}
-    t = table2(cindex, missing, xor, ["snn", "abmil", "healnet", "porpoise"], MODS, "healnet",
+    t = table2(cindex, missing, xor, ["snn", "abmil", "porpoise", "healnet"], MODS, "healnet",
                {"wsi": "abmil", "omics": "snn"}, PUB, KEYS).set_index("row")
     assert list(t.index) == ["xor", "healnet:one_random", "healnet:all", "porpoise:one_random", "porpoise:all"]
     assert t.loc["xor", "model"] == "xor (wsi: abmil, omics: snn)"
@@ -332,3 +332,83 @@ def test_inspection_heatmap_top_features_and_tiles(trained, shared_data, tmp_pat
     assert inspect_cohort(None, models_dir, InMemoryCohort({0: data}), sheet, [], Evaluation(), Paper(),
                           Patching(), tmp_path / "none").empty
     assert (tmp_path / "none" / "index.tsv").exists()
+
+
+# --- end to end: `snakemake paper` on a tiny demo cohort ----------------------------------------
+
+TINY = {
+    "demo": {"n_patients": 8, "slide_size_um": [800.0, 600.0]},
+    "encoders": {"tiny": {"model": "resnet18", "truncate_after": "layer1", "pretrained": False, "image_size": 32}},
+    "cohorts": {"demo": {"encoder": "tiny"}},
+    "features": {"batch_size": 32, "num_workers": 0},
+    "splits": {"n_folds": 2},
+    "training": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "max_patches": 16, "device": "cpu"},
+    "evaluation": {"inspect_thumbnail_px": 128, "inspect_top_features": 5},
+    "paper": {"top_patches": 2},
+    "models": {
+        "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"], "params": SMALL},
+        "snn": {"architecture": "snn", "modalities": ["omics"], "params": {"hidden": [16, 16]}},
+        "abmil": {"architecture": "abmil", "modalities": ["wsi"], "params": {"dim": 16, "attn_dim": 8, "out_dim": 8}},
+        "porpoise": {"architecture": "porpoise", "modalities": ["wsi", "omics"],
+                     "params": {"embed_dim": 16, "path_dim": 16, "attn_dim": 8, "omic_hidden": [16, 16]}},
+        "mcat": {"architecture": "mcat", "modalities": ["wsi", "omics"],
+                 "params": {"dim": 16, "omic_hidden": [16, 16], "depth": 1, "heads": 2, "ff_dim": 16}},
+        "perceiver": {"architecture": "perceiver", "modalities": ["wsi", "omics"],
+                      "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "token_dim": 8, "dim_head": 8}},
+    },
+}
+
+
+@pytest.mark.slow
+def test_snakemake_paper_on_a_tiny_demo(repo, tmp_path):
+    """Every artefact from scratch; the tables agree with the per-fold predictions; nothing left to do after."""
+    from healnet.survival.metrics import cindex
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"), "--configfile",
+           str(repo / "config.yaml"), "tiny.yaml", "--cores", "2"]
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd + ["paper"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+
+    out = tmp_path / "results" / "paper"
+    models = ["snn", "abmil", "porpoise", "mcat", "perceiver", "healnet"]
+    t1 = pd.read_csv(out / "table1.tsv", sep="\t").set_index("model")
+    assert list(t1.index) == models and (t1["demo_folds"] <= 2).all() and t1["demo_published"].isna().all()
+    # Table 1 is the mean over folds of the c-index of each fold's predictions.tsv (the train rule's)
+    for model in models:
+        per_fold = []
+        for k in range(2):
+            p = pd.read_csv(tmp_path / f"results/demo/models/{model}/fold{k}/predictions.tsv", sep="\t")
+            per_fold.append(cindex(p["time"], p["event"], p["risk"]))
+        want = np.nanmean(per_fold) if np.isfinite(per_fold).any() else np.nan
+        assert t1.loc[model, "demo_mean"] == pytest.approx(want, abs=1e-4, nan_ok=True)
+    t2 = pd.read_csv(out / "table2.tsv", sep="\t").set_index("row")
+    assert list(t2.index) == ["xor"] + [f"{m}:{s}" for m in ("healnet", "porpoise", "mcat", "perceiver")
+                                        for s in ("one_random", "all")]
+    missing = pd.read_csv(out / "demo" / "cindex_missing.tsv", sep="\t", dtype={"fold": str})
+    one = missing[(missing["model"] == "healnet") & (missing["scenario"] == "one_random") & (missing["fold"] == "mean")]
+    assert t2.loc["healnet:one_random", "demo_mean"] == pytest.approx(one["cindex"].item(), abs=1e-4, nan_ok=True)
+    # XOR: each patient's risk is its unimodal model's prediction; the paired HEALNet run is recorded
+    xp = pd.read_csv(out / "demo" / "xor_patients.tsv", sep="\t")
+    assert set(xp["given"]) <= {"wsi", "omics"} and len(xp) == one_n(missing)
+    for _, r in xp.iterrows():
+        pred = pd.read_csv(tmp_path / f"results/demo/models/{r['xor_model']}/fold{r['fold']}/predictions.tsv", sep="\t")
+        assert r["xor_risk"] == pytest.approx(pred.set_index("case_id").loc[r["case_id"], "risk"], abs=1e-6)
+    up = pd.read_csv(out / "uplift.tsv", sep="\t")
+    assert set(up["model"]) == {"porpoise", "mcat", "perceiver", "healnet"}
+    assert set(up["cohort"]) == {"demo", MEAN_GROUP} and set(up["best_unimodal"].fillna("")) <= {"snn", "abmil", ""}
+    assert (out / "uplift.png").stat().st_size > 5000 and "Table 2" in (out / "table1.md").read_text()
+    index = pd.read_csv(out / "inspection" / "demo" / "index.tsv", sep="\t")
+    assert {"heatmap", "top_features", "tile"} <= set(index["kind"]) and index["model"].eq("healnet").all()
+    assert all((out / "inspection" / "demo" / f).exists() for f in index["file"])
+    assert len(pd.read_csv(out / "inspection" / "demo" / "tiles.tsv", sep="\t")) == 2
+    again = subprocess.run(cmd + ["paper", "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def one_n(missing: pd.DataFrame) -> int:
+    """Test patients over the folds in HEALNet's one_random scenario."""
+    rows = missing[(missing["model"] == "healnet") & (missing["scenario"] == "one_random") & missing["fold"].str.isdigit()]
+    return int(rows["n"].sum())

@@ -132,8 +132,8 @@ def table2(
     published = load_published() if published is None else published
     cohorts = list(cindex)
     multimodal = [m for m in models if is_multimodal(modalities[m])]
-    if missing_model and missing_model not in multimodal and is_multimodal(modalities[missing_model]):
-        multimodal.insert(0, missing_model)
+    if missing_model and is_multimodal(modalities[missing_model]):  # the paper's comparison first
+        multimodal = [missing_model] + [m for m in multimodal if m != missing_model]
     rows = []
     if missing_model:
         pair = ", ".join(f"{mod}: {m}" for mod, m in unimodal.items())
