@@ -109,12 +109,6 @@ def test_profile_parses_with_snakemake_and_the_slurm_plugin():
         assert args.set_resources[rule]["runtime"].value > args.default_resources["runtime"].value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflow/profiles/default sets default-resources, and Snakemake lets a workflow profile's "
-    "entry replace the --profile one, so slurm_partition never reaches sbatch; fix: drop "
-    "default-resources there (rules declare mem_mb/runtime), then remove this marker",
-)
 def test_profile_default_resources_survive_the_workflow_profile():
     """Run as users run it (the workflow's default profile is loaded too), our defaults still apply."""
     from snakemake.cli import parse_args
