@@ -186,7 +186,7 @@ class Features(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_patches: int = Field(4096, ge=1, description="Zarr chunk length (patches).")
-    region_patches: int = Field(4, ge=1, description="A read covers up to this many x this many grid patches.")
+    region_patches: int = Field(8, ge=1, description="A read covers up to this many x this many grid patches.")
     cache_mb: int = Field(128, ge=0, description="OpenSlide tile cache per reader (MiB).")
 
 

@@ -103,3 +103,37 @@ def test_transparent_pixels_become_white():
     rgba[0, 0] = (10, 20, 30, 255)
     rgb = rgba_to_rgb(rgba)
     assert rgb[0, 0].tolist() == [10, 20, 30] and rgb[1, 1].tolist() == [255, 255, 255]
+
+
+def test_direct_tiles_identical_to_openslide(shared_data, tmp_path):
+    """The fast tile path reads exactly OpenSlide's pixels (edges and outside the image included) and
+    is only used where it applies (not for the JPEG 2000 TCGA slide)."""
+    img = he_image(700, 500, 0.25, seed=2)
+    cases = [(shared_data / "slides/CMU-1-Small-Region.svs", 0),
+             (write_slide(tmp_path / "g.tiff", img, 0.25, "generic", downsamples=(1, 2)), 1)]
+    for path, level in cases:
+        fast, plain = Slide(path), Slide(path, direct_tiles=False)
+        assert fast.tiles is not None and level in fast.tiles.pages and plain.tiles is None
+        ds = int(fast.level_downsamples[level])
+        w, h = fast.dimensions
+        for loc, size in [((100 * ds, 36 * ds), (300, 200)), ((-20 * ds, -10 * ds), (64, 48)),
+                          ((w - 50 * ds, h - 30 * ds), (120, 90))]:
+            np.testing.assert_array_equal(fast.read(loc, level, size), plain.read(loc, level, size))
+    assert Slide(shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs").tiles is None
+
+
+def test_corrupt_jpeg_tile_is_a_slide_error(shared_data, tmp_path):
+    import tifffile
+
+    src = shared_data / "slides/CMU-1-Small-Region.svs"
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tif:
+        offset, count = tif.pages[0].dataoffsets[60], tif.pages[0].databytecounts[60]
+    data[offset + 20: offset + count - 2] = bytes(count - 22)
+    (tmp_path / "c.svs").write_bytes(bytes(data))
+    for direct in (True, False):
+        slide = Slide(tmp_path / "c.svs", direct_tiles=direct)
+        assert slide.read((0, 0), 0, (240, 240)).shape == (240, 240, 3)  # other tiles are fine
+        with pytest.raises(SlideError, match="read failed at level 0") as err:
+            slide.read((0, 0), 0, slide.dimensions)
+        assert "corrupt or truncated" in err.value.reason

@@ -2,11 +2,15 @@
 
 Reading is what limits throughput, so:
 - patches are read as regions of up to `region_patches` x `region_patches` grid patches, with region
-  edges on the level's tile grid; one `read_region` per region decodes each JPEG tile once instead of
-  once per patch that touches it, and the patches are cut from it in memory;
-- several reader processes (`num_workers`), each with its own OpenSlide handle and tile cache, each
-  taking a contiguous share of the regions in raster order (tiles on region seams stay cached);
-- patches leave the readers as uint8 (4x less than float) and are normalised on the device, under
+  edges on the level's tile grid; one read per region decodes each tile once instead of once per patch
+  that touches it, and the patches are cut from it in memory;
+- tiled TIFF slides (Aperio SVS, generic TIFF) are decoded tile by tile with libjpeg-turbo, bypassing
+  OpenSlide's slower compositing (`slide.TiffTiles`, checked pixel-identical at open); other formats
+  go through OpenSlide;
+- several reader processes (`num_workers`), each with its own slide handle and OpenSlide tile cache,
+  each taking a contiguous share of the regions in raster order (tiles on region seams stay cached);
+- patches leave the readers as uint8 through shared memory (4x less than float), are copied once
+  into a (pinned) batch buffer, uploaded asynchronously and normalised on the device, under
   `inference_mode`, in channels_last, with bf16 autocast on CUDA.
 """
 
@@ -89,15 +93,15 @@ class RegionReader(IterableDataset):
                     return
 
 
-def iter_patches(path: str, coords: np.ndarray, geometry: PatchGeometry, params: config.Features,
-                 pin_memory: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_patches(path: str, coords: np.ndarray, geometry: PatchGeometry,
+                 params: config.Features) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, uint8 patches) for every patch, in region batches, from `num_workers` readers."""
     with Slide(path) as probe:
         tile = probe.tile_size(geometry.level)
     dataset = RegionReader(str(path), coords, geometry, params.region_patches, params.cache_mb, tile)
     workers = min(params.num_workers, len(dataset.regions))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+                        prefetch_factor=3 if workers else None, persistent_workers=False)
     for idx, patches, error in loader:
         idx = np.asarray(idx)
         if error is not None:
@@ -117,35 +121,54 @@ def extract_features(
 ) -> tuple[np.ndarray, dict]:
     """Features (N, D) float32 in the order of `coords`, and timing figures."""
     n = len(coords)
-    out = np.zeros((n, encoder.feature_dim), np.float32)
     encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed batch shape: let cuDNN pick its fastest kernels
     t0 = time.perf_counter()
-    buf_idx: list[np.ndarray] = []
-    buf_img: list[np.ndarray] = []
-    pending = 0
+    # Patches are copied once, from the readers' shared memory into one of two batch buffers (pinned
+    # on CUDA, so the upload is asynchronous; a buffer is refilled only after its upload finished).
+    # Outputs stay on the device until the end: the GPU never waits for a device-to-host copy and the
+    # main process goes straight back to receiving patches.
+    b, size = params.batch_size, geometry.patch_size
+    buffers = [torch.empty((b, size, size, 3), dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+    uploaded: list[torch.cuda.Event | None] = [None, None]
+    outputs: list[torch.Tensor] = []
+    done: list[np.ndarray] = []
+    batch_idx: list[np.ndarray] = []
+    slot, fill = 0, 0
 
-    def run(idx: np.ndarray, imgs: np.ndarray) -> None:
-        x = torch.from_numpy(imgs)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
+    def launch(count: int) -> None:
+        nonlocal slot, fill, batch_idx
+        x = buffers[slot][:count]
+        if cuda:
+            x = x.to(device, non_blocking=True)
+            uploaded[slot] = torch.cuda.Event()
+            uploaded[slot].record()
         with torch.inference_mode(), autocast:
-            out[idx] = encoder(x).float().cpu().numpy()
+            outputs.append(encoder(x))
+        done.append(np.concatenate(batch_idx))
+        batch_idx, slot, fill = [], 1 - slot, 0
+        bar.update(count)
 
     with tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar:
         for idx, imgs in iter_patches(path, coords, geometry, params):
-            buf_idx.append(idx)
-            buf_img.append(imgs)
-            pending += len(idx)
-            while pending >= params.batch_size:
-                all_idx, all_img = np.concatenate(buf_idx), np.concatenate(buf_img)
-                b = params.batch_size
-                run(all_idx[:b], all_img[:b])
-                bar.update(b)
-                buf_idx, buf_img, pending = [all_idx[b:]], [all_img[b:]], len(all_idx) - b
-        if pending:
-            run(np.concatenate(buf_idx), np.concatenate(buf_img))
-            bar.update(pending)
+            pos = 0
+            while pos < len(idx):
+                if fill == 0 and uploaded[slot] is not None:
+                    uploaded[slot].synchronize()
+                take = min(b - fill, len(idx) - pos)
+                buffers[slot][fill:fill + take] = torch.from_numpy(imgs[pos:pos + take])
+                batch_idx.append(idx[pos:pos + take])
+                fill, pos = fill + take, pos + take
+                if fill == b:
+                    launch(b)
+        if fill:
+            launch(fill)
+    out = np.zeros((n, encoder.feature_dim), np.float32)
+    if outputs:
+        out[np.concatenate(done)] = torch.cat(outputs).float().cpu().numpy()
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("nan")
     log.info("%s: %d patches in %.1f s (%.1f patches/s) on %s%s", desc or path, n, seconds, rate, device,

@@ -111,40 +111,39 @@ def write_large_slide(
     n_variants: int = 16,
     seed: int = 0,
 ) -> Path:
-    """A slide of realistic size: level-0 tiles are drawn from `n_variants` pre-encoded tissue tiles
-    and one glass tile according to `tissue` (bool, any size), lower levels are painted directly."""
+    """A slide of realistic size in seconds and little memory: every level is tiled from
+    `n_variants` pre-encoded tissue tiles (painted at that level's um/px) and one glass tile, placed
+    by `tissue` (bool, any size; default an ellipse). Decoding a tile costs what real content costs."""
     import imagecodecs
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tissue is None:
-        tissue = np.zeros((64, 64), bool)
-        cv2.ellipse(tissue.view(np.uint8), (32, 32), (26, 22), 15, 0, 360, 1, -1)
-        tissue = tissue.astype(bool)
-    nx, ny = math.ceil(width / tile), math.ceil(height / tile)
-    tile_mask = cv2.resize(tissue.astype(np.uint8), (nx, ny), interpolation=cv2.INTER_NEAREST).astype(bool)
+        tissue = np.zeros((64, 64), np.uint8)
+        cv2.ellipse(tissue, (32, 32), (26, 20), 15, 0, 360, 1, -1)
+    tissue = np.asarray(tissue).astype(np.uint8)
+    rng = np.random.default_rng(seed)
     full = np.ones((tile, tile), bool)
 
     def encode(img: np.ndarray) -> bytes:
         return imagecodecs.jpeg_encode(img, level=quality, colorspace="RGB", outcolorspace="YCBCR",
                                        subsampling=(2, 2))
 
-    tissue_tiles = [encode(he_image(tile, tile, mpp, full, seed=seed + i)) for i in range(n_variants)]
-    glass_tile = encode(he_image(tile, tile, mpp, ~full, seed=seed))
-    rng = np.random.default_rng(seed)
-    choice = rng.integers(0, n_variants, (ny, nx))
-
-    def level0() -> Iterator[bytes]:
+    def tiles(w: int, h: int, level_mpp: float) -> Iterator[bytes]:
+        nx, ny = math.ceil(w / tile), math.ceil(h / tile)
+        on = cv2.resize(tissue, (nx, ny), interpolation=cv2.INTER_NEAREST).astype(bool)
+        variants = [encode(he_image(tile, tile, level_mpp, full, seed=int(rng.integers(1 << 30))))
+                    for _ in range(n_variants)]
+        glass = encode(he_image(tile, tile, level_mpp, ~full, seed=seed))
+        choice = rng.integers(0, n_variants, (ny, nx))
         for ty in range(ny):
             for tx in range(nx):
-                yield tissue_tiles[choice[ty, tx]] if tile_mask[ty, tx] else glass_tile
+                yield variants[choice[ty, tx]] if on[ty, tx] else glass
 
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        kw = _page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", True)
-        tif.write(level0(), shape=(height, width, 3), dtype=np.uint8, **kw)
-        for d in downsamples[1:]:
+        for i, d in enumerate(downsamples):
             w, h = max(1, width // d), max(1, height // d)
-            img = he_image(w, h, mpp * d, tissue, seed=seed + d)
-            tif.write(img, **_page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", False))
+            kw = _page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", i == 0)
+            tif.write(tiles(w, h, mpp * d), shape=(h, w, 3), dtype=np.uint8, **kw)
     return path

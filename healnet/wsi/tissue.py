@@ -41,12 +41,12 @@ def _odd(n_px: float) -> int:
 
 
 def foreground(rgb: np.ndarray, um_per_px: float, params: config.Tissue) -> tuple[np.ndarray, float]:
-    """Saturation foreground after median blur, minus dark and pen pixels, morphologically closed.
-    Returns the binary mask (uint8 0/1) and the saturation threshold."""
+    """Saturation above the (Otsu) threshold, minus dark and pen pixels, median-blurred and
+    morphologically closed. Returns the binary mask (uint8 0/1) and the saturation threshold.
+    The median blur runs once, on the combined binary mask (a majority vote that removes specks
+    and noise), instead of once per channel: a third of the cost on a 100k x 80k slide."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    k_blur = _odd(params.median_blur_um / um_per_px) if params.median_blur_um else 1
-    blur = (lambda a: cv2.medianBlur(a, k_blur)) if k_blur > 1 else (lambda a: a)
-    sat = blur(np.ascontiguousarray(hsv[..., 1]))
+    sat = np.ascontiguousarray(hsv[..., 1])
     if params.saturation_threshold is not None:
         thr = float(params.saturation_threshold)
     else:
@@ -55,14 +55,16 @@ def foreground(rgb: np.ndarray, um_per_px: float, params: config.Tissue) -> tupl
         thr = max(float(otsu), float(params.min_saturation))
     fg = sat > thr
     if params.filter_dark:
-        fg &= blur(np.ascontiguousarray(hsv[..., 2])) >= params.dark_value
+        fg &= hsv[..., 2] >= params.dark_value
     if params.filter_pen:
         # Green/blue marker ink: hue 70-236 deg (OpenCV 35-118) and saturated. H&E (pink to purple,
         # 250-360 deg) and blood (about 0 deg) stay outside this band.
         hue = hsv[..., 0]
-        pen = ((hue >= 35) & (hue <= 118) & (hsv[..., 1] > 60)).astype(np.uint8)
-        fg &= blur(pen) == 0
+        fg &= ~((hue >= 35) & (hue <= 118) & (sat > 60))
     mask = fg.astype(np.uint8)
+    k_blur = _odd(params.median_blur_um / um_per_px) if params.median_blur_um else 1
+    if k_blur > 1:
+        mask = cv2.medianBlur(mask, k_blur)
     k_close = _odd(params.closing_um / um_per_px) if params.closing_um else 1
     if k_close > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_close, k_close))
