@@ -38,6 +38,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "healnet.commands.evaluate", "c-index tables, missing-modality evaluation, attention inspection"),
     ("paper", "healnet.commands.paper", "the paper's tables and figures: per-cohort evaluation, Tables 1-2, uplift"),
     ("km-plot", "healnet.commands.km_plot", "Kaplan-Meier curves of predicted low/high-risk groups per cohort"),
+    ("report-table", "healnet.commands.report_table", "TSV tables as HTML pages for the Snakemake report"),
 ]
 
 M = TypeVar("M", bound=BaseModel)

@@ -169,3 +169,40 @@ def km_report(
     write_tsv(stats, stats_path)
     plot_km(grouped, stats, plot, title)
     return stats
+
+
+# --- Tables for the Snakemake report (it shows HTML inline, a TSV only as a download) ---
+
+TABLE_CSS = """
+body { font-family: sans-serif; font-size: 13px; margin: 12px; color: #222; }
+h3 { font-size: 15px; margin: 0 0 8px 0; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #eef2f4; }
+td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+"""
+
+
+def table_html(df: pd.DataFrame, title: str, source: str = "") -> str:
+    """A self-contained HTML page with the table (floats to 4 significant digits, NaN empty)."""
+    import html
+
+    body = df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True)
+    note = f"<p>from <code>{html.escape(source)}</code></p>" if source else ""
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{TABLE_CSS}</style></head><body><h3>{html.escape(title)}</h3>{body}{note}</body></html>\n"
+    )
+
+
+def tsv_to_html(tsv: str | Path, out: str | Path, title: str) -> pd.DataFrame:
+    """Render one TSV (e.g. cindex.tsv) as an HTML table page, written atomically."""
+    from healnet.io import write_text
+
+    tsv = Path(tsv)
+    if not tsv.is_file():
+        raise FileNotFoundError(f"table {tsv} does not exist; build it first (e.g. `snakemake --cores 1 {tsv}`)")
+    df = pd.read_csv(tsv, sep="\t", keep_default_na=True)
+    write_text(table_html(df, title, str(tsv)), out)
+    return df

@@ -91,3 +91,16 @@ def test_km_plot_names_missing_predictions_file(tmp_path, capfd):
         bad.parent.mkdir(parents=True)
         bad.write_text("case_id\trisk\nA\t1\n")
         load_predictions([bad])
+
+
+def test_report_table_renders_tsv_values_as_html(tmp_path, capfd):
+    tsv = tmp_path / "cindex.tsv"
+    pd.DataFrame({"model": ["healnet", "healnet"], "fold": ["0", "mean"], "cindex": [0.612345, math.nan]}).to_csv(
+        tsv, sep="\t", index=False)
+    out = tmp_path / "report" / "cindex.html"
+    assert main(["report-table", "--tsv", str(tsv), "--html", str(out), "--title", "demo"]) == 0
+    page = out.read_text()
+    assert "<title>demo: cindex</title>" in page and "<table" in page
+    assert "<td>0.6123</td>" in page and "<td>mean</td>" in page  # 4 significant digits, NaN empty
+    assert main(["report-table", "--tsv", str(tsv), str(tsv), "--html", str(out)]) == 1
+    assert "give one HTML path per table" in capfd.readouterr().err

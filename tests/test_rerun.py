@@ -10,6 +10,7 @@ config.yaml + a small override file, the way a user runs another cohort.
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
 import re
@@ -35,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 ENCODER = "tiny"
-TARGETS = ["results/demo/cindex.tsv", "results/demo/km.png", "results/demo/qc/slides.tsv"]
+# rule all's: every people-facing output of the demo (cindex.tsv, KM plot, report tables)
+TARGETS = ["results/demo/cindex.tsv", "results/demo/report/cindex.html", "results/demo/report/slides_qc.html"]
 HEALNET_SMALL = {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}
 OVERRIDE = {
     "cohorts": {"demo": {"encoder": ENCODER, "models": ["healnet"]}},
@@ -48,8 +50,9 @@ OVERRIDE = {
     "evaluation": {"inspect_thumbnail_px": 256},
 }
 WSI = {"tissue", "patches", "features"}
+SLIDES_QC = {"slides_qc", "report_slides_table"}  # the per-cohort slide table and its report page
 OMICS = {"omics", "labels", "splits"}
-MODEL = {"train", "evaluate", "km_plot"}
+MODEL = {"train", "evaluate", "km_plot", "report_tables"}
 
 
 def snakemake(workdir: Path, *args: str, targets=TARGETS, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -167,7 +170,7 @@ def test_tissue_parameter_reruns_wsi_chain_and_downstream_not_omics(work):
     set_config(work, "tissue", {"median_blur_um": 40.0})
     plan = pending(work)
     slides = set(sheet(work)["slide_id"])
-    assert set(plan) == WSI | {"slides_qc"} | MODEL
+    assert set(plan) == WSI | SLIDES_QC | MODEL
     for rule in WSI:
         assert outputs(plan, rule) == slides, rule
     assert not OMICS & set(plan)
@@ -186,7 +189,7 @@ def test_training_parameter_reruns_only_training_and_evaluation(work):
 def test_replaced_slide_reruns_only_its_chain_then_training(work):
     target = replace_slide(work)
     plan = pending(work)
-    assert set(plan) == WSI | {"slides_qc"} | MODEL
+    assert set(plan) == WSI | SLIDES_QC | MODEL
     for rule in WSI:
         assert outputs(plan, rule) == {target}, rule
 
@@ -195,7 +198,7 @@ def test_forcerun_of_one_slide_reruns_only_its_chain(work):
     """The documented fix when a replaced file kept its old modification time."""
     slide = sheet(work)["slide_id"].iloc[0]
     plan = pending(work, "--forcerun", f"results/demo/tissue/{slide}.geojson")
-    assert set(plan) == WSI | {"slides_qc"} | MODEL
+    assert set(plan) == WSI | SLIDES_QC | MODEL
     for rule in WSI:
         assert outputs(plan, rule) == {slide}, rule
 
@@ -210,7 +213,7 @@ def test_added_slide_runs_only_the_new_slides_chain_then_training(work):
     added = pd.concat([rows, pd.DataFrame([{"case_id": case, "slide_id": new_id, "path": new_path}])])
     added.to_csv(work / "data/demo/slides.tsv", sep="\t", index=False)
     plan = pending(work)
-    assert set(plan) == WSI | {"slides_qc"} | MODEL
+    assert set(plan) == WSI | SLIDES_QC | MODEL
     for rule in WSI:
         assert outputs(plan, rule) == {new_id}, rule
     assert "demo_cohort" not in plan  # the edited sheet is the user's, not regenerated
@@ -260,7 +263,7 @@ def test_interrupted_feature_extraction_recomputes_that_slide_only(work):
     assert all(".tmp-" in name for name in leftovers), leftovers
     ok(snakemake(work, "--unlock"))  # a killed Snakemake leaves its lock: the documented first step
     plan = pending(work)
-    assert set(plan) == {"features", "slides_qc"} | MODEL  # tissue and patches had finished
+    assert set(plan) == {"features"} | SLIDES_QC | MODEL  # tissue and patches had finished
     assert outputs(plan, "features") == {slide}
     # the re-run makes that store, complete, from the new slide's patches, and touches no other
     ok(snakemake(work, "--cores", "2", targets=[str(store.relative_to(work))]))
@@ -272,21 +275,34 @@ def test_interrupted_feature_extraction_recomputes_that_slide_only(work):
         assert (work / f"results/demo/features/{ENCODER}/{s}.zarr/zarr.json").stat().st_mtime_ns == before[s]
 
 
+def report_entry(html: str, name: str) -> bytes:
+    """The embedded content of one report entry (a data: URI with `filename=<name>`)."""
+    m = re.search(r"filename=" + re.escape(name) + r";base64,([A-Za-z0-9+/=]+)", html)
+    assert m, f"{name} is not embedded in the report"
+    return base64.b64decode(m.group(1))
+
+
 def test_report_contains_qc_tables_km_and_attention(work):
     report = work / "results" / "report.html"
     ok(snakemake(work, "--report", str(report)))
     html = report.read_text()
     slides = list(sheet(work)["slide_id"])
-    for s in slides:  # QC thumbnails, one per slide
-        assert f"results/demo/qc/{s}.png" in html, s
-    for name in ("results/demo/qc/slides.tsv", "results/demo/cindex.tsv", "results/demo/cindex_missing.tsv",
-                 "results/demo/km.png", "results/demo/km_logrank.tsv"):
-        assert name in html, name
+    for s in slides:  # QC thumbnails, one per slide, each a PNG
+        assert report_entry(html, f"{s}.png")[:4] == b"\x89PNG", s
+    assert report_entry(html, "km.png")[:4] == b"\x89PNG"
+    # tables as HTML pages (the report shows those inline), with their values
+    cindex = report_entry(html, "cindex.html").decode()
+    table = pd.read_csv(work / "results/demo/cindex.tsv", sep="\t")
+    assert "<table" in cindex and "healnet" in cindex and f"{table['cindex'].iloc[0]:.4g}" in cindex
+    assert "<table" in report_entry(html, "cindex_missing.html").decode()
+    assert "log-rank" in html and "p_value" in report_entry(html, "km_logrank.html").decode()
+    qc = report_entry(html, "slides_qc.html").decode()
+    assert all(s in qc for s in slides) and "n_patches" in qc
     heatmaps = pd.read_csv(work / "results/demo/inspect/index.tsv", sep="\t")
     pngs = heatmaps[heatmaps["file"].str.endswith(".png")]["file"]
-    assert len(pngs) >= 1 and all(f"results/demo/inspect/{f}" in html for f in pngs)
+    assert len(pngs) >= 1 and all(report_entry(html, f)[:4] == b"\x89PNG" for f in pngs)
     # categories and captions (rendered from workflow/report/*.rst, wildcards filled in)
-    for text in ("Slides", "Evaluation", "Attention", "median predicted risk", "log-rank",
-                 "Concordance index", "Tissue detection of one slide", "healnet-pipeline: from whole-slide"):
+    for text in ("Slides", "Evaluation", "Attention", "median predicted risk", "Concordance index",
+                 "Tissue detection of one slide", "healnet-pipeline: from whole-slide"):
         assert text in html, text
     assert re.search(r"Kaplan-Meier curves of cohort .{0,20}demo", html)

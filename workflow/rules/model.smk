@@ -40,20 +40,8 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        cindex=report(
-            "results/{cohort}/cindex.tsv",
-            caption="../report/cindex.rst",
-            category="Evaluation",
-            subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "result": "c-index per model and fold"},
-        ),
-        missing=report(
-            "results/{cohort}/cindex_missing.tsv",
-            caption="../report/cindex_missing.rst",
-            category="Evaluation",
-            subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "result": "c-index with missing modalities"},
-        ),
+        cindex="results/{cohort}/cindex.tsv",  # in the report as HTML: rules/report.smk
+        missing="results/{cohort}/cindex_missing.tsv",
         inspect=report(
             directory("results/{cohort}/inspect"),
             patterns=["{name}.png"],
@@ -103,13 +91,7 @@ rule km_plot:
                 "result": "Kaplan-Meier curves of risk groups",
             },
         ),
-        stats=report(
-            "results/{cohort}/km_logrank.tsv",
-            caption="../report/km_logrank.rst",
-            category="Evaluation",
-            subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "result": "log-rank test of risk groups"},
-        ),
+        stats="results/{cohort}/km_logrank.tsv",
     log:
         "logs/{cohort}/km_plot.log",
     conda:
