@@ -18,7 +18,9 @@ rule train:
         "benchmarks/{cohort}/train/{model}_fold{fold}.tsv"
     conda:
         "../../envs/healnet.yaml"
-    threads: 2
+    # One thread: these small models run several times faster single-threaded on a shared CPU
+    # (intra-op threads wait on each other); the heavy lifting belongs on the GPU.
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
@@ -56,7 +58,7 @@ rule evaluate:
         "benchmarks/{cohort}/evaluate.tsv"
     conda:
         "../../envs/healnet.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

@@ -1,0 +1,46 @@
+"""Real data, end to end through Snakemake: HEALNet on the TCGA-BLCA omics with the provided 5-fold
+splits (no slides: WSI missing for every patient). Kept affordable on 2 CPU cores by fewer epochs
+and a smaller model than the defaults (~1 min; measured mean 0.586); the c-index target is the
+issue's (mean over folds > 0.55). The defaults' numbers for all four cohorts: bench/README.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+CHEAP = {
+    "training": {"epochs": 4, "batch_size": 16, "grad_accumulation": 1, "lr": 1e-3},
+    "models": {"healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"],
+                           "params": {"depth": 1, "token_dim": 8, "heads": 2, "self_heads": 2, "attn_dropout": 0.0}}},
+}
+
+
+@pytest.mark.slow
+def test_blca_omics_only_through_snakemake(repo, shared_data, tmp_path):
+    tcga = shared_data / "tcga" / "blca"
+    extra = {"cohorts": {"blca": {"clinical_omics": str(tcga / "clinical_omics.csv.zip"), "splits": str(tcga / "splits"),
+                                  "models": ["healnet"]}}, **CHEAP}
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
+           "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", "results/blca/cindex.tsv"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    table = pd.read_csv(tmp_path / "results/blca/cindex.tsv", sep="\t", dtype={"fold": str}).set_index("fold")
+    assert list(table.index) == ["0", "1", "2", "3", "4", "mean", "std"]
+    assert table.loc[["0", "1", "2", "3", "4"], "n"].astype(int).sum() == 373  # every patient held out once
+    assert table.loc["mean", "cindex"] > 0.55, table
+    # the model ran without its WSI branch, so there is nothing to drop at inference
+    assert pd.read_csv(tmp_path / "results/blca/cindex_missing.tsv", sep="\t").empty
+    pred = pd.read_csv(tmp_path / "results/blca/models/healnet/fold0/predictions.tsv", sep="\t")
+    assert set(pred["modalities"]) == {"omics"}
+    index = pd.read_csv(tmp_path / "results/blca/inspect/index.tsv", sep="\t")
+    top = pd.read_csv(tmp_path / "results/blca/inspect" / index["file"].iloc[0], sep="\t")
+    assert len(top) == 20 and top["feature"].str.endswith(("_rnaseq", "_cnv", "_mut")).all()
