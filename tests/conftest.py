@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("HEALNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _find_shared_data() -> Path:
+    """HEALNET_SHARED_DATA, else ../shared/data beside the checkout, else the workplace copy."""
+    if "HEALNET_SHARED_DATA" in os.environ:
+        return Path(os.environ["HEALNET_SHARED_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = _find_shared_data()
 
 
 @pytest.fixture(scope="session")
