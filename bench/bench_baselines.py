@@ -74,8 +74,13 @@ def train_times(args: argparse.Namespace) -> pd.DataFrame:
     data = synthetic_fold(args.patients, args.patches, args.features)
     n_train = int((data.split_of == "train").sum())
     rows = []
+    models = args.models or cfg.paper.models
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models or cfg.paper.models:
+        # Warm-up (imports such as scikit-survival, first kernels), so the first model is not charged for it.
+        spec = cfg.models[models[0]]
+        train_fold(data, spec.architecture, spec.modalities, spec.params, training.model_copy(update={"epochs": 1}),
+                   0, Path(tmp) / "warmup", "warmup", threads=args.threads)
+        for model in models:
             spec = cfg.models[model]
             t0 = time.perf_counter()
             train_fold(data, spec.architecture, spec.modalities, spec.params, training, 0, Path(tmp) / model,

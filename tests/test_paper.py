@@ -72,9 +72,12 @@ def test_table1_mean_std_folds_and_published():
     assert "| healnet | wsi+omics | 0.750 ± 0.050 | – | 0.625 ± 0.005 | 0.668 |" in md
 
 
-def test_table1_names_stale_file_when_a_model_is_missing():
-    with pytest.raises(ValueError, match=r"old\.tsv: no rows for model 'mcat'.*rebuild"):
-        table1({"demo": ("old.tsv", COHORTS["demo"])}, ["mcat"], {"mcat": ["wsi", "omics"]}, PUB, KEYS)
+def test_table1_leaves_a_model_not_trained_in_a_cohort_empty(caplog):
+    t = table1({"blca": ("b.tsv", COHORTS["blca"])}, ["mcat", "snn"], {"mcat": ["wsi", "omics"], "snn": ["omics"]},
+               {"mcat": "mcat", "snn": "snn"}, KEYS)
+    row = t.set_index("model").loc["mcat"]
+    assert math.isnan(row["blca_mean"]) and row["blca_folds"] == 0 and row["blca_published"] == pytest.approx(0.620)
+    assert "b.tsv: no rows for model mcat" in caplog.text
 
 
 def test_table2_xor_one_modality_and_all():
@@ -163,13 +166,17 @@ def test_paper_config_is_checked():
         "snn": {"architecture": "snn", "modalities": ["omics"]}}}
     with pytest.raises(ValueError, match="paper.cohorts: unknown cohort 'blca'"):
         parse_config({**base, "paper": {"cohorts": ["blca"], "models": ["snn"], "missing_model": None, "inspect_model": None}})
+    demo = {"cohorts": ["demo"], "models": ["snn"]}
     with pytest.raises(ValueError, match="paper: unknown model 'abmil'"):
-        parse_config({**base, "paper": {"models": ["snn"]}})
+        parse_config({**base, "paper": demo})
+    assert parse_config({**base, "paper": {"models": ["snn"]}}).paper.cohorts == []  # no paper target: not checked
     with pytest.raises(ValueError, match=r"paper.unimodal.wsi: model 'snn' uses \['omics'\], not only \[wsi\]"):
-        parse_config({**base, "paper": {"models": ["snn"], "unimodal": {"wsi": "snn", "omics": "snn"}}})
+        parse_config({**base, "paper": {**demo, "unimodal": {"wsi": "snn", "omics": "snn"}}})
     with pytest.raises(ValueError, match=r"no unimodal model for modalities \['wsi'\]"):
-        parse_config({**base, "paper": {"models": ["snn"], "unimodal": {"omics": "snn"}}})
-    cfg = parse_config({**base, "paper": {"models": ["snn"], "missing_model": None, "inspect_model": None}})
+        parse_config({**base, "paper": {**demo, "unimodal": {"omics": "snn"}}})
+    with pytest.raises(ValueError, match="the name 'paper' is reserved"):
+        parse_config({**base, "cohorts": {"paper": {"synthetic": True}}})
+    cfg = parse_config({**base, "paper": {**demo, "missing_model": None, "inspect_model": None}})
     assert cfg.paper.needed_models() == ["snn"]
     assert Paper().needed_models() == ["snn", "abmil", "porpoise", "mcat", "perceiver", "healnet"]
 

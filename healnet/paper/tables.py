@@ -68,16 +68,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def fold_summary(table: pd.DataFrame, path: str | Path, model: str, scenario: str | None = None) -> dict:
-    """mean, std (the table's summary rows) and the number of folds with a c-index, of one model."""
+    """mean, std (the table's summary rows) and the number of folds with a c-index, of one model;
+    NaN and 0 folds (logged) when the table has no rows for it."""
     rows = table[table["model"] == model]
     if scenario is not None:
         rows = rows[rows["scenario"] == scenario]
-    if rows.empty:
-        what = f"model {model!r}" + (f" scenario {scenario!r}" if scenario else "")
-        raise ValueError(
-            f"{path}: no rows for {what}; it was written for other models - rebuild it "
-            "(snakemake --forcerun paper_cohort paper)"
-        )
+    if rows.empty:  # e.g. a slide-only model on a cohort without slides (not trained there)
+        what = f"model {model}" + (f" scenario {scenario}" if scenario else "")
+        log.warning("%s: no rows for %s (not trained or not applicable in this cohort); cell left empty", path, what)
+        return {"mean": math.nan, "std": math.nan, "folds": 0}
     stat = rows.set_index("fold")["cindex"]
     folds = rows[rows["fold"].str.fullmatch(r"\d+")]
     return {"mean": float(stat.get("mean", math.nan)), "std": float(stat.get("std", math.nan)),
@@ -141,7 +140,7 @@ def table2(
                      "description": "each test patient predicted by the unimodal model of the one modality it is given"}
         for c in cohorts:
             path, table = xor[c]
-            row.update({f"{c}_{k}": v for k, v in _optional_summary(table, path, XOR, "one_random").items()})
+            row.update({f"{c}_{k}": v for k, v in fold_summary(table, path, XOR, "one_random").items()})
             row[f"{c}_published"] = published_value(published, "table2", XOR, cohort_keys[c])
         rows.append(row)
     for model in multimodal:
@@ -154,7 +153,7 @@ def table2(
                     s = fold_summary(cindex[c][1], cindex[c][0], model)
                     p = published_value(published, "table1", pub, cohort_keys[c])
                 else:
-                    s = _optional_summary(missing[c][1], missing[c][0], model, scenario)
+                    s = fold_summary(missing[c][1], missing[c][0], model, scenario)
                     p = published_value(published, "table2", pub, cohort_keys[c])
                 row.update({f"{c}_{k}": v for k, v in s.items()})
                 row[f"{c}_published"] = p
@@ -164,16 +163,6 @@ def table2(
 
 def _by_cohort(cohorts: Sequence[str], paths: Sequence[str | Path]) -> dict[str, tuple[str | Path, pd.DataFrame]]:
     return {c: (p, read_table(p)) for c, p in zip(cohorts, paths)}
-
-
-def _optional_summary(table: pd.DataFrame, path: str | Path, model: str, scenario: str) -> dict:
-    """Like fold_summary, but NaN (logged) when the model has no such scenario in this cohort."""
-    rows = table[(table["model"] == model) & (table["scenario"] == scenario)]
-    if rows.empty:
-        log.warning("%s: no %s rows for model %s (a modality absent in the cohort?); Table 2 cell left empty",
-                    path, scenario, model)
-        return {"mean": math.nan, "std": math.nan, "folds": 0}
-    return fold_summary(table, path, model, scenario)
 
 
 def _cell(mean: float, std: float) -> str:

@@ -351,13 +351,20 @@ os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))
 # --- Paper tables and figures (healnet/paper, rules/paper.smk) ---
 
 
-def paper_models():
-    """Models every paper cohort trains: Table 1's rows, the XOR pair, the inspected model."""
-    return CFG.paper.needed_models()
+def paper_models(name):
+    """Models a paper cohort trains: Table 1's rows, the XOR pair, the inspected model; slide-only
+    models are left out on a cohort without slides (their cells stay empty)."""
+    c = cohort(name)
+    has_slides = bool(c.slides or c.synthetic or c.gdc_project)
+    return [
+        m
+        for m in CFG.paper.needed_models()
+        if has_slides or CFG.models[m].modalities != ["wsi"]
+    ]
 
 
 def paper_model_list(wildcards):
-    return " ".join(paper_models())
+    return " ".join(paper_models(wildcards.cohort))
 
 
 def paper_cohorts_regex():
@@ -378,7 +385,7 @@ def paper_cohort_inputs(wildcards):
     c = wildcards.cohort
     runs = [
         f"results/{c}/models/{m}/fold{k}"
-        for m in paper_models()
+        for m in paper_models(c)
         for k in range(n_folds(c))
     ]
     return {
@@ -387,7 +394,7 @@ def paper_cohort_inputs(wildcards):
         "runs": [
             f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")
         ],
-        **model_data_inputs(c, paper_models()),
+        **model_data_inputs(c, paper_models(c)),
     }
 
 
@@ -402,7 +409,7 @@ def paper_modalities_json(wildcards):
     """{model: modalities} of the paper models, as JSON (unimodal vs multimodal)."""
     import json
 
-    return json.dumps({m: CFG.models[m].modalities for m in paper_models()})
+    return json.dumps({m: CFG.models[m].modalities for m in CFG.paper.needed_models()})
 
 
 # --- Report (healnet/report.py, workflow/report/) ---
