@@ -541,11 +541,18 @@ def test_snakemake_builds_cohort_from_gdc(server, slides, repo, shared_data, tmp
     again = _snakemake(tmp_path, repo, "-n", *targets)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
 
-    # The downloaded slide reads like any other.
-    slide_mod = pytest.importorskip("healnet.wsi.slide")
+    # The downloaded slide reads like any other, and goes through the WSI stage like any other.
     from healnet.config import SlideReading
+    from healnet.wsi.slide import Slide
 
-    with slide_mod.Slide.open(tmp_path / sheet["path"][0], SlideReading()) as s:
+    with Slide.open(tmp_path / sheet["path"][0], SlideReading()) as s:
         assert s.dimensions == (2220, 2967)
         assert abs(s.mpp.mean - 0.499) < 1e-3
         assert s.read((0, 0), 0, (64, 32)).shape == (32, 64, 3)
+    cmu_id = sheet["slide_id"][0]
+    wsi = _snakemake(tmp_path, repo, f"results/gdctest/patches/{cmu_id}.zarr")
+    assert wsi.returncode == 0, wsi.stdout + wsi.stderr
+    import zarr
+
+    patches = zarr.open_group(str(tmp_path / f"results/gdctest/patches/{cmu_id}.zarr"), mode="r")
+    assert patches["coords"].shape[0] > 10 and patches["coords"].shape[1] == 2
