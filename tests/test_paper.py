@@ -376,7 +376,9 @@ def test_snakemake_paper_on_a_tiny_demo(repo, tmp_path):
     cmd = [str(bindir / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"), "--configfile",
            str(repo / "config.yaml"), "tiny.yaml", "--cores", "2"]
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(cmd + ["paper"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    # two 1-thread jobs at once on 2 cores (the profile allows one `gpu` job at a time; no GPU is used here)
+    one_thread = ["--resources", "gpu=2", "--set-threads", "train=1", "features=1", "--"]
+    run = subprocess.run(cmd + one_thread + ["paper"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 
     out = tmp_path / "results" / "paper"
@@ -411,7 +413,7 @@ def test_snakemake_paper_on_a_tiny_demo(repo, tmp_path):
     assert {"heatmap", "top_features", "tile"} <= set(index["kind"]) and index["model"].eq("healnet").all()
     assert all((out / "inspection" / "demo" / f).exists() for f in index["file"])
     assert len(pd.read_csv(out / "inspection" / "demo" / "tiles.tsv", sep="\t")) == 2
-    again = subprocess.run(cmd + ["paper", "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    again = subprocess.run(cmd + ["--dry-run", "paper"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
