@@ -230,12 +230,12 @@ class Training(Strict):
 
     models: list[str] = ["healnet"]
     seed: int = Field(0, description="Seed of fold k is seed + k (init, sampling, patch subsets, dropout).")
-    epochs: int = Field(20, ge=1, description="Fixed epoch budget (the published protocol).")
+    epochs: int = Field(40, ge=1, description="Fixed epoch budget (the published protocol).")
     batch_size: int = Field(1, ge=1, description="Patients per micro-batch (WSI bags are padded + masked).")
     grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimiser step (exact: per-sample mean).")
     eval_batch_size: int = Field(8, ge=1, description="Patients per batch at prediction time (all patches).")
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     alpha: float = Field(0.4, ge=0, le=1, description="Weight of uncensored terms in the NLL loss.")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices, added once per optimiser step.")
