@@ -40,6 +40,10 @@ class Cohort(Strict):
     mpp: float | None = Field(None, gt=0, description="Level-0 um/px override when a slide carries none.")
     encoder: str | None = Field(None, description="Encoder name (key of `encoders`); default `features.encoder`.")
     models: list[str] | None = Field(None, description="Models to train; default `training.models`.")
+    training: dict[str, Any] = Field(
+        {},
+        description="Keys of the `training` section that differ for this cohort (e.g. epochs, lr for a small cohort).",
+    )
     gdc_cases: list[str] | None = Field(
         None, description="GDC: only these patients (12-character barcodes, e.g. TCGA-2F-A9KO)."
     )
@@ -230,12 +234,12 @@ class Training(Strict):
 
     models: list[str] = ["healnet"]
     seed: int = Field(0, description="Seed of fold k is seed + k (init, sampling, patch subsets, dropout).")
-    epochs: int = Field(40, ge=1, description="Fixed epoch budget (the published protocol).")
+    epochs: int = Field(20, ge=1, description="Fixed epoch budget (the published protocol).")
     batch_size: int = Field(1, ge=1, description="Patients per micro-batch (WSI bags are padded + masked).")
     grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimiser step (exact: per-sample mean).")
     eval_batch_size: int = Field(8, ge=1, description="Patients per batch at prediction time (all patches).")
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     alpha: float = Field(0.4, ge=0, le=1, description="Weight of uncensored terms in the NLL loss.")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices, added once per optimiser step.")
@@ -356,6 +360,20 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _cohort_training_valid(self) -> "Config":
+        for name, cohort in self.cohorts.items():
+            if "models" in cohort.training:
+                raise ValueError(f"cohorts.{name}.training.models: set the cohort's models as cohorts.{name}.models")
+            try:
+                self.cohort_training(name)
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(
+                    f"cohorts.{name}.training: {problems} (allowed keys: those of `training`: {', '.join(Training.model_fields)})"
+                ) from None
+        return self
+
+    @model_validator(mode="after")
     def _paper_names_resolve(self) -> "Config":
         p = self.paper
         if "paper" in self.cohorts:
@@ -392,6 +410,13 @@ class Config(Strict):
 
     def cohort_models(self, cohort: str) -> list[str]:
         return self.cohorts[cohort].models or self.training.models
+
+    def cohort_training(self, cohort: str) -> Training:
+        """The `training` section with the cohort's own overrides applied."""
+        override = self.cohorts[cohort].training
+        if not override:
+            return self.training
+        return Training.model_validate({**self.training.model_dump(), **override})
 
 
 class ConfigError(ValueError):

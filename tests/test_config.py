@@ -62,6 +62,24 @@ def test_extra_configfile_merges_recursively(repo, tmp_path):
     assert merge_into({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
 
 
+def test_cohort_training_overrides_only_its_keys(repo):
+    cfg = load_config(repo / "config.yaml")
+    demo = cfg.cohort_training("demo")
+    assert (demo.epochs, demo.lr) == (40, 5e-4)  # config.yaml's demo override
+    assert demo.batch_size == cfg.training.batch_size and demo.alpha == cfg.training.alpha
+    raw = {"cohorts": {"x": {"clinical_omics": "t.csv"}}, "training": {"epochs": 7}}
+    assert parse_config(raw).cohort_training("x").epochs == 7  # no override: the section itself
+    raw["cohorts"]["x"]["training"] = {"epoch": 3}
+    with pytest.raises(ConfigError, match=r"cohorts.x.training: epoch: Extra inputs .*allowed keys.*epochs"):
+        parse_config(raw)
+    raw["cohorts"]["x"]["training"] = {"lr": -1}
+    with pytest.raises(ConfigError, match="cohorts.x.training: lr: Input should be greater than 0"):
+        parse_config(raw)
+    raw["cohorts"]["x"]["training"] = {"models": ["healnet"]}
+    with pytest.raises(ConfigError, match="cohorts.x.models"):
+        parse_config(raw)
+
+
 def _snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("snakemake")
     return subprocess.run([str(exe), *args], cwd=repo, capture_output=True, text=True, timeout=120)

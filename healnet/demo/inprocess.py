@@ -31,7 +31,8 @@ def run_demo(cfg: Config, workdir: str | Path, cohort: str = "demo") -> pd.DataF
     """Generate the demo cohort, run every stage up to cindex.tsv; returns cindex.tsv as a frame."""
     work = Path(workdir)
     section = {name: getattr(cfg, name).model_dump_json() for name in
-               ("demo", "slide_reading", "tissue", "patching", "features", "omics", "labels", "splits", "training")}
+               ("demo", "slide_reading", "tissue", "patching", "features", "omics", "labels", "splits")}
+    section["training"] = cfg.cohort_training(cohort).model_dump_json()
     spec = cfg.cohorts[cohort]
     data, res = work / "data" / cohort, work / "results" / cohort
     _call(["demo-cohort", "--outdir", str(data), "--params", section["demo"]])

@@ -31,6 +31,11 @@ def section_json(name):
     return getattr(CFG, name).model_dump_json()
 
 
+def cohort_training_json(wildcards):
+    """The `training` section with the cohort's overrides (cohorts.<c>.training), as JSON."""
+    return CFG.cohort_training(wildcards.cohort).model_dump_json()
+
+
 def cohort(name):
     return CFG.cohorts[name]
 

@@ -27,7 +27,7 @@ rule train:
     params:
         data=data_args,
         spec=model_spec_json,
-        training=section_json("training"),
+        training=cohort_training_json,
         omics=section_json("omics"),
         labels=section_json("labels"),
         outdir=subpath(output.checkpoint, parent=True),
@@ -66,7 +66,7 @@ rule evaluate:
         data=data_args,
         models=cohort_model_list,
         evaluation=section_json("evaluation"),
-        training=section_json("training"),
+        training=cohort_training_json,
         omics=section_json("omics"),
         labels=section_json("labels"),
     shell:

@@ -50,7 +50,7 @@ rule paper_cohort:
         paper=section_json("paper"),
         evaluation=section_json("evaluation"),
         patching=section_json("patching"),
-        training=section_json("training"),
+        training=cohort_training_json,
         omics=section_json("omics"),
         labels=section_json("labels"),
         outdir=subpath(output.cindex, parent=True),
