@@ -346,7 +346,7 @@ def test_inspection_heatmap_top_features_and_tiles(trained, shared_data, tmp_pat
 TINY = {
     "demo": {"n_patients": 8, "slide_size_um": [800.0, 600.0]},
     "encoders": {"tiny": {"model": "resnet18", "truncate_after": "layer1", "pretrained": False, "image_size": 32}},
-    "cohorts": {"demo": {"encoder": "tiny"}},
+    "cohorts": {"demo": {"encoder": "tiny", "training": {"epochs": 1}}},  # over the demo's own 40
     "features": {"batch_size": 32, "num_workers": 0},
     "splits": {"n_folds": 2},
     "training": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "max_patches": 16, "device": "cpu"},

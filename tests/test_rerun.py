@@ -40,7 +40,7 @@ ENCODER = "tiny"
 TARGETS = ["results/demo/cindex.tsv", "results/demo/report/cindex.html", "results/demo/report/slides_qc.html"]
 HEALNET_SMALL = {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}
 OVERRIDE = {
-    "cohorts": {"demo": {"encoder": ENCODER, "models": ["healnet"]}},
+    "cohorts": {"demo": {"encoder": ENCODER, "models": ["healnet"], "training": {"epochs": 1}}},
     "demo": {"n_patients": 8, "slide_size_um": [800.0, 600.0]},
     "encoders": {ENCODER: {"model": "resnet18", "truncate_after": "layer2", "pretrained": False}},
     "features": {"batch_size": 16, "num_workers": 0, "device": "cpu"},
@@ -179,7 +179,7 @@ def test_tissue_parameter_reruns_wsi_chain_and_downstream_not_omics(work):
 
 
 def test_training_parameter_reruns_only_training_and_evaluation(work):
-    set_config(work, "training", {"lr": 0.001})
+    set_config(work, "training", {"weight_decay": 0.001})
     plan = pending(work)
     assert set(plan) == MODEL
     assert plan["train"] == {f"results/demo/models/healnet/fold{k}/{f}" for k in range(2)

@@ -50,7 +50,7 @@ TINY = {
     "encoders": {
         "tiny": {"model": "resnet18", "truncate_after": "layer1", "pretrained": False, "image_size": 64},
     },
-    "cohorts": {"demo": {"encoder": "tiny", "models": ["healnet"]}},
+    "cohorts": {"demo": {"encoder": "tiny", "models": ["healnet"], "training": {"epochs": 1}}},
     "features": {"num_workers": 0, "batch_size": 16},
     "splits": {"n_folds": 2},
     "training": {"epochs": 1},
