@@ -34,3 +34,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (set HEALNET_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small models run much faster single-threaded on a shared 2-core machine (no OpenMP spin-waiting).
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

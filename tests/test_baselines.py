@@ -25,13 +25,7 @@ MULTIMODAL = ["porpoise", "mcat", "perceiver"]
 WSI_MODELS = ["abmil", *MULTIMODAL]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def model(name: str, seed: int = 0, **params) -> torch.nn.Module:

@@ -8,13 +8,7 @@ import torch
 from healnet.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run much faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 D, F_OMICS = 12, 9
 

@@ -16,13 +16,7 @@ from healnet.survival.labels import assign_bins, bin_edges
 from healnet.wsi.store import write_feature_store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run much faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, D, FOLDS = 36, 8, 2
 SPECS = {

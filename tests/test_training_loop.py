@@ -15,13 +15,7 @@ from healnet.training.data import FoldData, SlideBag, WsiBags, balanced_order, m
 from healnet.training.loop import load_model, train_epoch, train_fold
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run much faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 D, F = 6, 10
 SMALL = {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8,
