@@ -9,7 +9,7 @@ import torch
 
 from healnet import config
 from healnet.wsi.encoders import build_encoder, state_dict_sha256
-from healnet.wsi.extract import extract_features, iter_patches, make_regions, read_region_patches
+from healnet.wsi.extract import extract_features, iter_patches, make_regions, read_region_patches, worker_shares
 from healnet.wsi.patches import PatchGeometry, patch_geometry
 from healnet.wsi.slide import Slide
 from healnet.wsi.stages import run_features, run_patches, run_tissue
@@ -63,6 +63,35 @@ def test_same_tissue_at_025_and_05_gives_same_patches(tmp_path):
                                 torch.device("cpu"), None)
     rel_wrong = np.linalg.norm(feats - s20.features, axis=1) / np.linalg.norm(s20.features, axis=1)
     assert rel_wrong.min() > 3 * rel["x40"].max(), (rel_wrong.min(), rel["x40"].max())  # 0.036 vs 0.009
+
+
+def test_worker_shares_are_contiguous_and_balanced_by_patches():
+    rng = np.random.default_rng(0)
+    sizes = rng.choice([1, 3, 64], size=200, p=[0.2, 0.2, 0.6])  # tissue-edge regions hold few patches
+    regions = [np.arange(n) for n in sizes]
+    for workers in (1, 2, 7, 15):
+        shares = worker_shares(regions, workers)
+        assert len(shares) == workers
+        assert [id(r) for share in shares for r in share] == [id(r) for r in regions]  # each once, in order
+        loads = [sum(len(r) for r in share) for share in shares]
+        assert max(loads) - sizes.sum() / workers <= sizes.max()  # off the ideal by under one region
+    assert worker_shares([], 3) == [[], [], []]
+    assert sum(map(len, worker_shares(regions[:2], 5))) == 2  # more workers than regions: some idle
+
+
+def test_readers_fit_the_threads_granted(caplog):
+    from healnet.commands.features import fit_to_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert fit_to_threads(config.Features(num_workers=15), 16).num_workers == 15
+        with caplog.at_level("WARNING"):
+            assert fit_to_threads(config.Features(num_workers=15), 4).num_workers == 3
+        assert "capped to 3" in caplog.text and "--set-threads features=16" in caplog.text
+        assert fit_to_threads(config.Features(num_workers=2), 1).num_workers == 0  # read in the main process
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_region_reads_equal_per_patch_reads(shared_data):

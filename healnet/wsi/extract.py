@@ -8,10 +8,14 @@ Reading is what limits throughput, so:
   OpenSlide's slower compositing (`slide.TiffTiles`, checked pixel-identical at open); other formats
   go through OpenSlide;
 - several reader processes (`num_workers`), each with its own slide handle and OpenSlide tile cache,
-  each taking a contiguous share of the regions in raster order (tiles on region seams stay cached);
+  each taking a contiguous share of the regions in raster order (tiles on region seams stay cached),
+  shares cut to hold about the same number of patches; regions are taken from whichever reader has one
+  ready (`in_order=False`), so a reader with denser tissue never stalls the others;
 - patches leave the readers as uint8 through shared memory (4x less than float), are copied once
   into a (pinned) batch buffer, uploaded asynchronously and normalised on the device, under
-  `inference_mode`, in channels_last, with bf16 autocast on CUDA.
+  `inference_mode`, in channels_last, with bf16 autocast on CUDA;
+- on CUDA the main process runs torch single-threaded while it feeds the GPU: its only CPU work is
+  copying patches, and an intra-op thread pool would spin on the cores the readers need.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -46,6 +51,21 @@ def make_regions(coords: np.ndarray, geometry: PatchGeometry, region_patches: in
     order = np.lexsort((coords[:, 0], coords[:, 1], key))
     splits = np.flatnonzero(np.diff(key[order])) + 1
     return [a for a in np.split(order, splits) if len(a)]
+
+
+def worker_shares(regions: list[np.ndarray], workers: int) -> list[list[np.ndarray]]:
+    """Contiguous runs of `regions` (raster order), one per worker, each with about the same number of
+    patches (regions at the tissue edge hold few patches, so equal region counts are not equal work)."""
+    if not regions:
+        return [[] for _ in range(workers)]
+    ends = np.cumsum([len(r) for r in regions])
+    bounds = [0]
+    for target in ends[-1] * np.arange(1, workers) / workers:
+        i = int(np.searchsorted(ends, target))  # the first region whose end reaches the target
+        cut = i if i > 0 and target - ends[i - 1] < ends[i] - target else i + 1  # the nearer boundary
+        bounds.append(min(max(cut, bounds[-1]), len(regions)))
+    bounds.append(len(regions))
+    return [regions[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def read_region_patches(slide: Slide, coords: np.ndarray, geometry: PatchGeometry) -> np.ndarray:
@@ -76,7 +96,7 @@ class RegionReader(IterableDataset):
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None, str | None]]:
         info = get_worker_info()
         n, k = (info.num_workers, info.id) if info else (1, 0)
-        share = self.regions[len(self.regions) * k // n: len(self.regions) * (k + 1) // n]
+        share = worker_shares(self.regions, n)[k]
         # No cv2.setNumThreads here: it deadlocks in a forked child once the parent has used OpenCV's
         # thread pool. DataLoader already limits torch to one thread per worker.
         try:
@@ -101,12 +121,23 @@ def iter_patches(path: str, coords: np.ndarray, geometry: PatchGeometry,
     dataset = RegionReader(str(path), coords, geometry, params.region_patches, params.cache_mb, tile)
     workers = min(params.num_workers, len(dataset.regions))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
-                        prefetch_factor=3 if workers else None, persistent_workers=False)
+                        prefetch_factor=3 if workers else None, persistent_workers=False, in_order=False)
     for idx, patches, error in loader:
         idx = np.asarray(idx)
         if error is not None:
             raise SlideError(path, error, "re-download or re-export the slide, or drop it from the sample sheet")
         yield idx, np.asarray(patches)
+
+
+@contextmanager
+def main_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads in this process set to `n` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def extract_features(
@@ -141,18 +172,22 @@ def extract_features(
 
     def launch(count: int) -> None:
         nonlocal slot, fill, batch_idx
-        x = buffers[slot][:count]
+        # On CUDA a short last batch still runs at the full batch shape (its spare rows are stale and
+        # dropped): with cudnn.benchmark every new shape is autotuned again, which cost ~0.3-1 s per
+        # slide on an H100, more than the padding. On CPU the spare rows would cost real time.
+        x = buffers[slot] if cuda else buffers[slot][:count]
         if cuda:
             x = x.to(device, non_blocking=True)
             uploaded[slot] = torch.cuda.Event()
             uploaded[slot].record()
         with torch.inference_mode(), autocast:
-            outputs.append(encoder(x))
+            outputs.append(encoder(x)[:count])
         done.append(np.concatenate(batch_idx))
         batch_idx, slot, fill = [], 1 - slot, 0
         bar.update(count)
 
-    with tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar:
+    with tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar, \
+            main_threads(1 if cuda else torch.get_num_threads()):
         for idx, imgs in iter_patches(path, coords, geometry, params):
             pos = 0
             while pos < len(idx):
