@@ -192,7 +192,8 @@ class Features(Strict):
 
     encoder: str = "resnet50_trunc"
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(2, ge=0, description="Reader processes, each with its own OpenSlide handle.")
+    num_workers: int = Field(2, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
+                             "features rule asks for this + 1 threads. On a GPU node: cores - 1 (bench/README.md).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_patches: int = Field(4096, ge=1, description="Zarr chunk length (patches).")

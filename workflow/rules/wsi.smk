@@ -74,7 +74,7 @@ rule features:
         "benchmarks/{cohort}/features/{encoder}/{slide}.tsv"
     conda:
         "../../envs/healnet.yaml"
-    threads: 2
+    threads: CFG.features.num_workers + 1  # reader processes + the main process feeding the model
     resources:
         gpu=1,
         mem_mb=8000,
@@ -85,7 +85,7 @@ rule features:
     shell:
         "healnet features --slide {input.slide:q} --patches {input.patches} --output {output} "
         "--encoder-name {wildcards.encoder} --encoder {params.encoder:q} --features {params.features:q} "
-        "--reading {params.reading:q} --log {log}"
+        "--reading {params.reading:q} --threads {threads} --log {log}"
 
 
 rule slides_qc:
