@@ -118,6 +118,30 @@ def test_train_fold_learns_writes_outputs_and_is_deterministic(tmp_path):
     assert surv0 == pytest.approx(pred["surv_0"][0], abs=1e-6)
 
 
+def test_wsi_features_centred_on_training_patches(tmp_path):
+    """The centre is the mean patch of the training patients, travels in the checkpoint, and makes the
+    model blind to an offset common to all patches (what random-encoder features mostly are)."""
+    data = synthetic_fold()
+    cfg = Training(epochs=3, batch_size=4, grad_accumulation=1, lr=3e-3, max_patches=8, device="cpu",
+                   center_wsi_features=True)
+    frame = train_fold(data, "abmil", ["wsi"], {}, cfg, 0, tmp_path / "a", "abmil")
+    train = [c for c, s in zip(data.case_ids, data.split_of) if s == "train" and data.wsi.has(c)]
+    expected = np.concatenate([data.wsi.bag(c) for c in train]).mean(axis=0)
+    model, ckpt = load_model(tmp_path / "a" / "checkpoint.pt")
+    np.testing.assert_allclose(ckpt["state_dict"]["wsi_center"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+    shifted = copy.deepcopy(data)
+    offset = np.linspace(5, 50, D).astype(np.float32)
+    shifted.wsi = WsiBags.from_arrays({c: [SlideBag(b.slide_id, b.features + offset, b.coords, 224)
+                                           for b in data.wsi.slide_bags(c)] for c in data.wsi.slides})
+    moved = train_fold(shifted, "abmil", ["wsi"], {}, cfg, 0, tmp_path / "b", "abmil")
+    np.testing.assert_allclose(moved["risk"], frame["risk"], atol=1e-4)
+    uncentred = train_fold(shifted, "abmil", ["wsi"], {}, cfg.model_copy(update={"center_wsi_features": False}),
+                           0, tmp_path / "c", "abmil")
+    assert "wsi_center" not in load_model(tmp_path / "c" / "checkpoint.pt")[1]["state_dict"]
+    assert not np.allclose(uncentred["risk"], frame["risk"], atol=1e-3)
+
+
 def test_early_stopping_uses_inner_val_only(tmp_path):
     data = synthetic_fold(n=60, splits=("train",) * 40 + ("test",) * 20)
     cfg = Training(epochs=30, batch_size=8, grad_accumulation=1, lr=5e-2, early_stopping_patience=2, device="cpu")

@@ -235,6 +235,21 @@ def make_batch(
     return batch
 
 
+def wsi_feature_mean(data: FoldData, indices: np.ndarray) -> np.ndarray | None:
+    """Mean patch feature (D,) over every patch of the patients `indices` that have slides; None when
+    none has. One pass over their bags, accumulated in float64."""
+    if data.wsi is None:
+        return None
+    total, count = np.zeros(data.wsi.feature_dim, np.float64), 0
+    for i in indices:
+        case = data.case_ids[i]
+        if data.wsi.has(case):
+            for bag in data.wsi.slide_bags(case):
+                total += bag.features.sum(axis=0, dtype=np.float64)
+                count += len(bag.features)
+    return (total / count).astype(np.float32) if count else None
+
+
 def balanced_order(data: FoldData, indices: np.ndarray, gen: torch.Generator) -> np.ndarray:
     """Class-balanced resampling on (bin, censorship): weight N / count(label), with replacement."""
     label = 2 * data.bins[indices] + data.censorship[indices]

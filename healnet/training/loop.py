@@ -28,7 +28,7 @@ from healnet.io import atomic_path, write_tsv
 from healnet.models import build_model
 from healnet.survival.loss import l1_penalty, nll_loss
 from healnet.survival.metrics import cindex, risk_from_survival, survival_from_logits
-from healnet.training.data import FoldData, balanced_order, make_batch
+from healnet.training.data import WSI, FoldData, balanced_order, make_batch, wsi_feature_mean
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,12 @@ def train_fold(
         )
     input_dims = data.input_dims(mods)
     names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
-    model = build_model(architecture, input_dims, data.n_bins, params, names).to(device)
+    model = build_model(architecture, input_dims, data.n_bins, params, names)
+    if cfg.center_wsi_features and WSI in mods:
+        center = wsi_feature_mean(data, train_idx)
+        if center is not None:
+            attach_wsi_center(model, center)
+    model = model.to(device)
     opt = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -251,6 +256,23 @@ def train_fold(
     return frame
 
 
+def attach_wsi_center(model: torch.nn.Module, center: np.ndarray | torch.Tensor) -> torch.nn.Module:
+    """Make `model` subtract `center` (D,) from every real patch feature of its input bags (padding
+    stays 0). The centre is a buffer, so it is saved in the checkpoint's state dict, and a forward
+    pre-hook, so every caller of the model (training, prediction, evaluation, inspection) centres alike."""
+    model.register_buffer("wsi_center", torch.as_tensor(np.asarray(center), dtype=torch.float32))
+
+    def center_bags(module: torch.nn.Module, args: tuple) -> tuple:
+        batch = args[0]
+        if WSI not in batch:
+            return args
+        mask = batch[f"{WSI}_mask"].unsqueeze(-1).to(batch[WSI].dtype)
+        return ({**batch, WSI: (batch[WSI] - module.wsi_center) * mask}, *args[1:])
+
+    model.register_forward_pre_hook(center_bags)
+    return model
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a trained model from checkpoint.pt; returns (model in eval mode, checkpoint dict)."""
     path = Path(path)
@@ -258,5 +280,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
         raise FileNotFoundError(f"checkpoint {path} does not exist; run `healnet train` for this model and fold")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     model = build_model(ckpt["architecture"], ckpt["input_dims"], ckpt["n_bins"], ckpt["params"], ckpt["feature_names"])
+    if "wsi_center" in ckpt["state_dict"]:
+        attach_wsi_center(model, ckpt["state_dict"]["wsi_center"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
