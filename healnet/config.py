@@ -251,6 +251,11 @@ class Training(Strict):
         "(needs splits.inner_val_fraction > 0); never uses the test patients."
     )
     early_stopping_metric: Literal["loss", "cindex"] = Field("loss", description="What early stopping watches on `val`.")
+    center_wsi_features: bool = Field(
+        False, description="Subtract each patch feature's mean over the fold's training patients (kept with the "
+        "model): the slide counterpart of the omics z-scoring. Helps models whose slide branch otherwise loses "
+        "to the omics branch (Porpoise, MCAT, Perceiver on the demo); HEALNet does better without (bench/README.md)."
+    )
     cache_gb: float = Field(2.0, ge=0, description="Keep patch features in memory up to this size, else read per use.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -267,6 +272,10 @@ class ModelSpec(Strict):
         description="In update order: wsi, omics (all omic types), or rnaseq/cnv/mut/clinical separately.",
     )
     params: dict[str, Any] = Field({}, description="Keyword arguments of the architecture.")
+    training: dict[str, Any] = Field(
+        {}, description="Keys of the `training` section that differ for this model (its own recipe), applied "
+        "after the cohort's `training` keys.",
+    )
 
 
 class Evaluation(Strict):
@@ -361,16 +370,19 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
-    def _cohort_training_valid(self) -> "Config":
-        for name, cohort in self.cohorts.items():
-            if "models" in cohort.training:
-                raise ValueError(f"cohorts.{name}.training.models: set the cohort's models as cohorts.{name}.models")
+    def _training_overrides_valid(self) -> "Config":
+        overrides = [(f"cohorts.{name}", c.training) for name, c in self.cohorts.items()]
+        overrides += [(f"models.{name}", m.training) for name, m in self.models.items()]
+        for where, override in overrides:
+            if "models" in override:
+                choose = f"{where}.models" if where.startswith("cohorts.") else "cohorts.<name>.models or training.models"
+                raise ValueError(f"{where}.training.models: choose the models to train with {choose}")
             try:
-                self.cohort_training(name)
+                Training.model_validate({**self.training.model_dump(), **override})
             except ValidationError as err:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
                 raise ValueError(
-                    f"cohorts.{name}.training: {problems} (allowed keys: those of `training`: {', '.join(Training.model_fields)})"
+                    f"{where}.training: {problems} (allowed keys: those of `training`: {', '.join(Training.model_fields)})"
                 ) from None
         return self
 
@@ -418,6 +430,14 @@ class Config(Strict):
         if not override:
             return self.training
         return Training.model_validate({**self.training.model_dump(), **override})
+
+    def model_training(self, cohort: str, model: str) -> Training:
+        """How `model` is trained on `cohort`: `training`, then the cohort's keys, then the model's."""
+        base = self.cohort_training(cohort)
+        override = self.models[model].training
+        if not override:
+            return base
+        return Training.model_validate({**base.model_dump(), **override})
 
 
 class ConfigError(ValueError):

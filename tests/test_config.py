@@ -80,6 +80,23 @@ def test_cohort_training_overrides_only_its_keys(repo):
         parse_config(raw)
 
 
+def test_model_training_applies_after_the_cohort(repo):
+    raw = {"cohorts": {"x": {"clinical_omics": "t.csv", "training": {"epochs": 40, "lr": 5e-4}}},
+           "training": {"epochs": 7, "weight_decay": 0.01},
+           "models": {"snn": {"architecture": "snn", "modalities": ["omics"], "training": {"lr": 1e-3}},
+                      "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"]}}}
+    cfg = parse_config(raw)
+    snn = cfg.model_training("x", "snn")
+    assert (snn.epochs, snn.lr, snn.weight_decay) == (40, 1e-3, 0.01)  # cohort, then model, then `training`
+    assert cfg.model_training("x", "healnet") == cfg.cohort_training("x")  # no model keys: the cohort's
+    raw["models"]["snn"]["training"] = {"center_wsi_feature": True}
+    with pytest.raises(ConfigError, match=r"models.snn.training: center_wsi_feature: Extra inputs.*center_wsi_features"):
+        parse_config(raw)
+    shipped = load_config(repo / "config.yaml")
+    for name in shipped.models:  # every shipped model's recipe resolves on the demo cohort
+        assert shipped.model_training("demo", name).epochs >= 1
+
+
 def _snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("snakemake")
     return subprocess.run([str(exe), *args], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -63,7 +63,7 @@ def run_demo(cfg: Config, workdir: str | Path, cohort: str = "demo") -> pd.DataF
     for model in spec.models:
         for k, fold in enumerate(folds):
             _call(["train", "--fold-file", fold, "--fold", str(k), *common, "--model", model,
-                   "--spec", cfg.models[model].model_dump_json(), "--training", section["training"],
+                   "--spec", cfg.models[model].model_dump_json(), "--training", cfg.model_training(cohort, model).model_dump_json(),
                    "--omics-params", section["omics"], "--labels-params", section["labels"],
                    "--outdir", str(res / "models" / model / f"fold{k}")])
     _call(["evaluate", "--models", *spec.models, "--models-dir", str(res / "models"), "--fold-files", *folds,

@@ -36,6 +36,11 @@ def cohort_training_json(wildcards):
     return CFG.cohort_training(wildcards.cohort).model_dump_json()
 
 
+def model_training_json(wildcards):
+    """How this model is trained on this cohort (`training`, then cohorts.<c>.training, then models.<m>.training)."""
+    return CFG.model_training(wildcards.cohort, wildcards.model).model_dump_json()
+
+
 def cohort(name):
     return CFG.cohorts[name]
 

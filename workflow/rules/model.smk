@@ -27,7 +27,7 @@ rule train:
     params:
         data=data_args,
         spec=model_spec_json,
-        training=cohort_training_json,
+        training=model_training_json,
         omics=section_json("omics"),
         labels=section_json("labels"),
         outdir=subpath(output.checkpoint, parent=True),
