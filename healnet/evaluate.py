@@ -91,6 +91,13 @@ class Cohort:
         self.cache_bytes = int(cache_gb * 2**30)
         self._wsi, self._folds = None, {}
 
+    @classmethod
+    def from_files(cls, fold_files: Sequence[str | Path], labels, omics, feature_stores, sheet, omics_cfg, labels_cfg,
+                   cache_gb: float = 2.0) -> "Cohort":
+        """The cohort of the stage files the evaluate and paper rules get (fold numbers from the names)."""
+        folds = {fold_number(f): Path(f) for f in fold_files}
+        return cls(folds, labels, omics, feature_stores, sheet, omics_cfg, labels_cfg, cache_gb)
+
     def fold(self, k: int):
         from healnet.training.data import load_fold_data, read_bags
 
@@ -134,25 +141,17 @@ def scenario_masks(data, idx: np.ndarray, modalities: list[str], seed: int) -> d
 def evaluate_cohort(
     models: Sequence[str],
     models_dir: str | Path,
-    fold_files: Sequence[str | Path],
-    labels: str | Path,
-    omics: str | Path | None,
-    feature_stores: Sequence[str | Path],
-    sheet: str | Path | None,
-    omics_cfg,
-    labels_cfg,
+    cohort: Cohort,
     eval_cfg,
     out_cindex: str | Path,
     out_missing: str | Path,
     inspect_dir: str | Path | None = None,
     device: str = "cpu",
-    cache_gb: float = 2.0,
 ) -> pd.DataFrame:
     """Write cindex.tsv, cindex_missing.tsv and the inspection folder; returns cindex.tsv's table."""
     from healnet.training.loop import load_model, predict
 
-    folds = {fold_number(f): Path(f) for f in fold_files}
-    cohort = Cohort(folds, labels, omics, feature_stores, sheet, omics_cfg, labels_cfg, cache_gb)
+    folds = cohort.fold_files
     rows, missing_rows, preds = [], [], {}
     for model in models:
         for k in sorted(folds):

@@ -5,40 +5,54 @@ from __future__ import annotations
 import argparse
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
+    """The inputs of a cohort's trained models (shared with `healnet paper cohort`)."""
     p.add_argument("--models", nargs="+", required=True, help="model names (folders under --models-dir)")
     p.add_argument("--models-dir", required=True, help="results/<cohort>/models")
     p.add_argument("--fold-files", nargs="+", required=True, help="splits/fold<k>.tsv of every fold")
     p.add_argument("--labels", required=True, help="labels.tsv")
     p.add_argument("--omics", help="omics.tsv.gz (to re-run models on missing-modality scenarios)")
     p.add_argument("--features", nargs="*", default=[], help="feature stores of the cohort")
-    p.add_argument("--sheet", help="sample sheet (slides -> patients, slide paths for heatmaps)")
-    p.add_argument("--cindex", required=True, help="output cindex.tsv")
-    p.add_argument("--missing", required=True, help="output cindex_missing.tsv")
-    p.add_argument("--inspect", help="output folder of attention heatmaps and top omic features")
-    p.add_argument("--params", help="config section `evaluation` as JSON")
+    p.add_argument("--sheet", help="sample sheet (slides -> patients, slide paths for heatmaps and tiles)")
     p.add_argument("--training", help="config section `training` as JSON (device, cache)")
     p.add_argument("--omics-params", help="config section `omics` as JSON")
     p.add_argument("--labels-params", help="config section `labels` as JSON")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
-def run(args: argparse.Namespace) -> None:
+def open_cohort(args: argparse.Namespace):
+    """(Cohort, device) from the arguments of `add_cohort_arguments`; sets torch's threads."""
     import torch
 
     from healnet.cli import parse_params
-    from healnet.config import Evaluation, Labels, Omics, Training
-    from healnet.evaluate import evaluate_cohort
+    from healnet.config import Labels, Omics, Training
+    from healnet.evaluate import Cohort
     from healnet.training.loop import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     training = parse_params(args.training, Training)
-    table = evaluate_cohort(
-        args.models, args.models_dir, args.fold_files, args.labels, args.omics, args.features, args.sheet,
-        parse_params(args.omics_params, Omics), parse_params(args.labels_params, Labels),
-        parse_params(args.params, Evaluation), args.cindex, args.missing, args.inspect,
-        device=str(resolve_device(training.device)), cache_gb=training.cache_gb,
-    )
+    cohort = Cohort.from_files(args.fold_files, args.labels, args.omics, args.features, args.sheet,
+                               parse_params(args.omics_params, Omics), parse_params(args.labels_params, Labels),
+                               training.cache_gb)
+    return cohort, str(resolve_device(training.device))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_cohort_arguments(p)
+    p.add_argument("--cindex", required=True, help="output cindex.tsv")
+    p.add_argument("--missing", required=True, help="output cindex_missing.tsv")
+    p.add_argument("--inspect", help="output folder of attention heatmaps and top omic features")
+    p.add_argument("--params", help="config section `evaluation` as JSON")
+
+
+def run(args: argparse.Namespace) -> None:
+    from healnet.cli import parse_params
+    from healnet.config import Evaluation
+    from healnet.evaluate import evaluate_cohort
+
+    cohort, device = open_cohort(args)
+    table = evaluate_cohort(args.models, args.models_dir, cohort, parse_params(args.params, Evaluation),
+                            args.cindex, args.missing, args.inspect, device=device)
     summary = table[table["fold"] == "mean"][["model", "cindex", "cindex_td", "ibs"]]
     print(summary.to_string(index=False))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from healnet.commands.evaluate import add_cohort_arguments, open_cohort
+
 
 def _log_option(p: argparse.ArgumentParser) -> None:
     # `--log` also after the action (`healnet paper tables ... --log x`); SUPPRESS keeps a value
@@ -30,22 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="<action>", required=True)
 
     c = sub.add_parser("cohort", help="evaluate a cohort's paper models, XOR baseline, attention inspection")
-    c.add_argument("--models", nargs="+", required=True, help="model names (folders under --models-dir)")
-    c.add_argument("--models-dir", required=True, help="results/<cohort>/models")
-    c.add_argument("--fold-files", nargs="+", required=True, help="splits/fold<k>.tsv of every fold")
-    c.add_argument("--labels", required=True, help="labels.tsv")
-    c.add_argument("--omics", help="omics.tsv.gz")
-    c.add_argument("--features", nargs="*", default=[], help="feature stores of the cohort")
-    c.add_argument("--sheet", help="sample sheet (slides -> patients, slide paths for heatmaps and tiles)")
+    add_cohort_arguments(c)
     c.add_argument("--outdir", required=True, help="results/paper/<cohort>: cindex, cindex_missing, xor tables")
     c.add_argument("--inspect", required=True, help="output folder of the attention inspection")
     c.add_argument("--paper", help="config section `paper` as JSON")
     c.add_argument("--evaluation", help="config section `evaluation` as JSON")
     c.add_argument("--patching", help="config section `patching` as JSON (tile size)")
-    c.add_argument("--training", help="config section `training` as JSON (device, cache)")
-    c.add_argument("--omics-params", help="config section `omics` as JSON")
-    c.add_argument("--labels-params", help="config section `labels` as JSON")
-    c.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     _log_option(c)
 
     t = sub.add_parser("tables", help="table1.tsv, table1.md and table2.tsv")
@@ -104,20 +96,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run_cohort(args: argparse.Namespace, paper) -> None:
-    import torch
-
     from healnet.cli import parse_params
-    from healnet.config import Evaluation, Labels, Omics, Patching, Training
+    from healnet.config import Evaluation, Patching
     from healnet.paper.cohort import paper_cohort
-    from healnet.training.loop import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    training = parse_params(args.training, Training)
-    table = paper_cohort(
-        args.models, args.models_dir, args.fold_files, args.labels, args.omics, args.features, args.sheet,
-        parse_params(args.omics_params, Omics), parse_params(args.labels_params, Labels),
-        parse_params(args.evaluation, Evaluation), paper, parse_params(args.patching, Patching),
-        args.outdir, args.inspect, device=str(resolve_device(training.device)), cache_gb=training.cache_gb,
-    )
+    cohort, device = open_cohort(args)
+    table = paper_cohort(args.models, args.models_dir, cohort, parse_params(args.evaluation, Evaluation), paper,
+                         parse_params(args.patching, Patching), args.outdir, args.inspect, device=device)
     print(table[table["fold"].isin(["mean", "std"])][["model", "fold", "cindex"]].to_string(index=False))

@@ -104,38 +104,28 @@ def xor_baseline(cohort, models_dir: str | Path, missing_model: str, unimodal: M
 def paper_cohort(
     models: Sequence[str],
     models_dir: str | Path,
-    fold_files: Sequence[str | Path],
-    labels: str | Path,
-    omics: str | Path | None,
-    feature_stores: Sequence[str | Path],
-    sheet: str | Path | None,
-    omics_cfg,
-    labels_cfg,
+    cohort,
     eval_cfg,
     paper_cfg,
     patching_cfg,
     outdir: str | Path,
     inspect_dir: str | Path,
     device: str = "cpu",
-    cache_gb: float = 2.0,
 ) -> pd.DataFrame:
-    """Write outdir/{cindex,cindex_missing,xor,xor_patients}.tsv and the inspection folder."""
-    from healnet.evaluate import MISSING_COLUMNS, Cohort, evaluate_cohort, fold_number, with_summary
+    """Write outdir/{cindex,cindex_missing,xor,xor_patients}.tsv and the inspection folder for `cohort`
+    (a `healnet.evaluate.Cohort`)."""
+    from healnet.evaluate import MISSING_COLUMNS, evaluate_cohort, with_summary
     from healnet.paper.inspection import inspect_cohort
 
     outdir = Path(outdir)
-    table = evaluate_cohort(
-        models, models_dir, fold_files, labels, omics, feature_stores, sheet, omics_cfg, labels_cfg, eval_cfg,
-        outdir / "cindex.tsv", outdir / "cindex_missing.tsv", inspect_dir=None, device=device, cache_gb=cache_gb,
-    )
-    folds = {fold_number(f): Path(f) for f in fold_files}
-    cohort = Cohort(folds, labels, omics, feature_stores, sheet, omics_cfg, labels_cfg, cache_gb)
+    table = evaluate_cohort(models, models_dir, cohort, eval_cfg, outdir / "cindex.tsv", outdir / "cindex_missing.tsv",
+                            inspect_dir=None, device=device)
     if paper_cfg.missing_model:
         rows, patients = xor_baseline(cohort, models_dir, paper_cfg.missing_model, paper_cfg.unimodal, eval_cfg, device)
     else:
         rows, patients = pd.DataFrame(columns=MISSING_COLUMNS), pd.DataFrame(columns=PATIENT_COLUMNS)
     write_tsv(with_summary(rows, ["model", "scenario"])[MISSING_COLUMNS], outdir / "xor.tsv")
     write_tsv(patients, outdir / "xor_patients.tsv")
-    inspect_cohort(paper_cfg.inspect_model, models_dir, cohort, sheet, feature_stores, eval_cfg, paper_cfg,
-                   patching_cfg, inspect_dir, device)
+    inspect_cohort(paper_cfg.inspect_model, models_dir, cohort, cohort.sheet, cohort.feature_stores, eval_cfg,
+                   paper_cfg, patching_cfg, inspect_dir, device)
     return table
