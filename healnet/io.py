@@ -49,3 +49,18 @@ def write_tsv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.DataFrame:
+    """A per-patient TSV that a pipeline stage wrote (`what`, e.g. "labels file"), checked for what every
+    such file shares: it exists (else: run `rule`), has a `case_id` column and lists each patient once."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist; run the `{rule}` rule (healnet {rule}) first")
+    df = pd.read_csv(path, sep="\t", dtype=dtype if dtype is not None else {"case_id": str})
+    if "case_id" not in df.columns:
+        raise ValueError(f"{what} {path}: no `case_id` column; regenerate it with `healnet {rule}`")
+    dup = df["case_id"][df["case_id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"{what} {path}: patient(s) listed twice: {dup[:10]}; regenerate it with `healnet {rule}`")
+    return df

@@ -189,3 +189,17 @@ def test_cli_writes_one_fold_and_rejects_out_of_range(tmp_path, capfd):
     assert main(args + ["--fold", "3", "--output", str(tmp_path / "fold3.tsv")]) == 1
     assert "fold 3 requested but the cohort has 3 folds" in capfd.readouterr().err
     assert not (tmp_path / "fold3.tsv").exists()
+
+
+def test_stage_files_missing_or_listing_a_patient_twice(tmp_path):
+    from healnet.omics.preprocess import load_omics
+
+    for load, rule in ((load_labels, "labels"), (load_fold, "splits"), (load_omics, "omics")):
+        with pytest.raises(FileNotFoundError, match=f"run the `{rule}` rule"):
+            load(tmp_path / "absent.tsv")
+    (tmp_path / "fold0.tsv").write_text("case_id\tsplit\nA\ttrain\nA\ttest\n")
+    with pytest.raises(ValueError, match=r"fold0.tsv: patient\(s\) listed twice: \['A'\]"):
+        load_fold(tmp_path / "fold0.tsv")
+    (tmp_path / "omics.tsv").write_text("case\tX_rnaseq\nA\t1\n")
+    with pytest.raises(ValueError, match="no `case_id` column; regenerate it with `healnet omics`"):
+        load_omics(tmp_path / "omics.tsv")

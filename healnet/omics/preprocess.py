@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from healnet.config import Omics
-from healnet.io import atomic_path
+from healnet.io import atomic_path, read_stage_tsv
 from healnet.omics.tables import OMIC_TYPES, omic_type, read_omics_table
 
 log = logging.getLogger(__name__)
@@ -81,18 +81,10 @@ def build_omics(table_path: str | Path, output: str | Path, cfg: Omics) -> dict:
 
 def load_omics(path: str | Path) -> pd.DataFrame:
     """`results/{cohort}/omics.tsv.gz` as a float DataFrame indexed by `case_id`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"omics matrix {path} does not exist; run the `omics` rule (healnet omics) first")
-    df = pd.read_csv(path, sep="\t", dtype={"case_id": str})
-    if "case_id" not in df.columns:
-        raise ValueError(f"omics matrix {path}: no `case_id` column; regenerate it with `healnet omics`")
+    df = read_stage_tsv(path, "omics matrix", "omics")
     bad = [c for c in df.columns if c != "case_id" and omic_type(c) is None]
     if bad:
         raise ValueError(f"omics matrix {path}: column(s) {bad[:10]} are not `<GENE>_<type>` features; regenerate it")
-    dup = df["case_id"][df["case_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"omics matrix {path}: duplicate case_id(s) {dup[:10]}; regenerate it with `healnet omics`")
     features = df.drop(columns="case_id")
     # one float block (not one per source dtype), so callers can add columns without fragmentation
     return pd.DataFrame(

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from healnet.config import Labels
-from healnet.io import write_tsv
+from healnet.io import read_stage_tsv, write_tsv
 from healnet.omics.tables import read_survival
 
 log = logging.getLogger(__name__)
@@ -83,16 +83,10 @@ def build_labels(table_path: str | Path, output: str | Path, cfg: Labels) -> dic
 
 def load_labels(path: str | Path) -> pd.DataFrame:
     """labels.tsv indexed by `case_id` (columns survival_months, censorship, event, bin), checked."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"labels file {path} does not exist; run the `labels` rule (healnet labels) first")
-    df = pd.read_csv(path, sep="\t", dtype={"case_id": str})
+    df = read_stage_tsv(path, "labels file", "labels")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"labels file {path}: missing column(s) {missing}; expected {COLUMNS}; regenerate it")
-    dup = df["case_id"][df["case_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"labels file {path}: duplicate case_id(s) {dup[:10]}; regenerate it with `healnet labels`")
     return df[COLUMNS].set_index("case_id").astype(
         {"survival_months": float, "censorship": int, "event": int, "bin": int}
     )

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from healnet.config import Splits
-from healnet.io import write_tsv
+from healnet.io import read_stage_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,7 @@ def build_splits(
 
 def load_fold(path: str | Path) -> pd.DataFrame:
     """A fold file indexed by `case_id`, with column `split` in {train, val, test}."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"fold file {path} does not exist; run the `splits` rule (healnet splits) first")
-    df = pd.read_csv(path, sep="\t", dtype=str)
+    df = read_stage_tsv(path, "fold file", "splits", dtype=str)
     if list(df.columns) != ["case_id", "split"]:
         raise ValueError(f"fold file {path}: columns {list(df.columns)}, expected ['case_id', 'split']; regenerate it")
     bad = df.index[~df["split"].isin(PARTS)]
@@ -218,9 +215,6 @@ def load_fold(path: str | Path) -> pd.DataFrame:
             f"fold file {path}: `split` must be one of {list(PARTS)}; line(s) {', '.join(str(i + 2) for i in bad[:10])} "
             f"have {df['split'].iloc[bad[:3]].tolist()}"
         )
-    dup = df["case_id"][df["case_id"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"fold file {path}: patient(s) listed twice: {_listing(dup)}")
     return df.set_index("case_id")
 
 
