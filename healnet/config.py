@@ -378,7 +378,7 @@ class Config(Strict):
                 choose = f"{where}.models" if where.startswith("cohorts.") else "cohorts.<name>.models or training.models"
                 raise ValueError(f"{where}.training.models: choose the models to train with {choose}")
             try:
-                Training.model_validate({**self.training.model_dump(), **override})
+                with_keys(self.training, override)
             except ValidationError as err:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
                 raise ValueError(
@@ -426,18 +426,16 @@ class Config(Strict):
 
     def cohort_training(self, cohort: str) -> Training:
         """The `training` section with the cohort's own overrides applied."""
-        override = self.cohorts[cohort].training
-        if not override:
-            return self.training
-        return Training.model_validate({**self.training.model_dump(), **override})
+        return with_keys(self.training, self.cohorts[cohort].training)
 
     def model_training(self, cohort: str, model: str) -> Training:
         """How `model` is trained on `cohort`: `training`, then the cohort's keys, then the model's."""
-        base = self.cohort_training(cohort)
-        override = self.models[model].training
-        if not override:
-            return base
-        return Training.model_validate({**base.model_dump(), **override})
+        return with_keys(self.cohort_training(cohort), self.models[model].training)
+
+
+def with_keys(training: Training, override: dict[str, Any]) -> Training:
+    """`training` with the keys of a cohort's or model's `training` override replaced (validated)."""
+    return Training.model_validate({**training.model_dump(), **override}) if override else training
 
 
 class ConfigError(ValueError):
