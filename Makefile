@@ -16,14 +16,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Rules and tests call `healnet`: the venv's bin goes first on PATH, activated or not.
 demo: install
-	$(BIN)/snakemake --cores $(CORES) results/demo/cindex.tsv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) results/demo/cindex.tsv
 
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
 
 bench: install
-	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	for f in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$f || exit 1; done
 
 lint: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint

@@ -23,3 +23,14 @@ def test_snakefmt_check_is_clean(repo):
         [str(BIN / "snakefmt"), "--check", "workflow"], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_makefile_puts_the_venv_on_path(repo):
+    """Rules and tests call `healnet` by name: a recipe that runs Snakemake, pytest or a benchmark must
+    put the venv's bin on PATH, or `make demo` fails at its first rule in a shell without the venv."""
+    lines = (repo / "Makefile").read_text().splitlines()
+    runs = [line for line in lines if line.startswith("\t") and any(
+        tool in line for tool in ("$(BIN)/snakemake", "$(BIN)/pytest", "$(BIN)/python $$f"))]
+    assert len(runs) >= 4, runs  # demo, test, bench, lint
+    for line in runs:
+        assert "PATH=$(abspath $(BIN)):$$PATH" in line, f"Makefile recipe without the venv on PATH: {line.strip()}"
