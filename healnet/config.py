@@ -194,11 +194,18 @@ class Features(Strict):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(2, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
                              "features rule asks for this + 1 threads. On a GPU node: cores - 1 (bench/README.md).")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the hardware computes it natively (CUDA; CPUs with AVX512-BF16 "
+        "or AMX), else fp32. fp32: exact fp32 features everywhere.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_patches: int = Field(4096, ge=1, description="Zarr chunk length (patches).")
     region_patches: int = Field(8, ge=1, description="A read covers up to this many x this many grid patches.")
     cache_mb: int = Field(128, ge=0, description="OpenSlide tile cache per reader (MiB).")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where JPEG tiles are decoded. cpu: in the reader processes. gpu: readers read the "
+        "compressed tile bytes, the GPU decodes them in batches (nvJPEG) and cuts the patches; an error for "
+        "slides that are not plain JPEG tiles (e.g. JPEG 2000) or without CUDA. auto: gpu where it applies "
+        "(CUDA and a plain-JPEG tiled TIFF/SVS), cpu elsewhere.")
 
 
 class Omics(Strict):

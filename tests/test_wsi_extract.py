@@ -122,7 +122,7 @@ def test_resnet50_trunc_matches_direct_timm_forward(shared_data, tmp_path):
     write_patch_store(tmp_path / "p.zarr", coords, {"status": "ok", "slide_id": "cmu", "mpp": 0.499, **geo.to_dict()})
     enc = config.Encoder(pretrained=False)  # resnet50.tv_in1k up to layer3
     run_features(str(path), tmp_path / "p.zarr", tmp_path / "f.zarr", "resnet50_trunc", enc,
-                 config.Features(batch_size=3, num_workers=1, device="cpu"), config.SlideReading())
+                 config.Features(batch_size=3, num_workers=1, device="cpu", precision="fp32"), config.SlideReading())
     store = read_feature_store(tmp_path / "f.zarr")
     assert store.features.shape == (4, 1024) and store.features.dtype == np.float32
     np.testing.assert_array_equal(store.coords, coords)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from healnet import config
+from healnet.wsi.encoders import for_inference
 from healnet.wsi.patches import PatchGeometry
 from healnet.wsi.slide import Slide, SlideError, area_resize
 
@@ -150,9 +151,14 @@ def extract_features(
     amp_dtype: torch.dtype | None,
     desc: str = "",
 ) -> tuple[np.ndarray, dict]:
-    """Features (N, D) float32 in the order of `coords`, and timing figures."""
+    """Features (N, D) float32 in the order of `coords`, and timing figures (with where JPEG tiles
+    were decoded: `features.decode`, see `tiledecode`)."""
+    from healnet.wsi.tiledecode import choose_decode, iter_device_patches  # it imports this module
+
     n = len(coords)
+    plan = choose_decode(path, geometry.level, params, device)
     encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
+    model = for_inference(encoder, device, amp_dtype)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     cuda = device.type == "cuda"
     if cuda:
@@ -160,10 +166,13 @@ def extract_features(
     t0 = time.perf_counter()
     # Patches are copied once, from the readers' shared memory into one of two batch buffers (pinned
     # on CUDA, so the upload is asynchronous; a buffer is refilled only after its upload finished).
+    # Patches decoded on the device are batched there (stream order keeps a buffer until its use).
     # Outputs stay on the device until the end: the GPU never waits for a device-to-host copy and the
     # main process goes straight back to receiving patches.
     b, size = params.batch_size, geometry.patch_size
-    buffers = [torch.empty((b, size, size, 3), dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+    upload = cuda and plan is None
+    buffers = [torch.empty((b, size, size, 3), dtype=torch.uint8, pin_memory=upload,
+                           device=device if plan is not None else "cpu") for _ in range(2)]
     uploaded: list[torch.cuda.Event | None] = [None, None]
     outputs: list[torch.Tensor] = []
     done: list[np.ndarray] = []
@@ -176,25 +185,27 @@ def extract_features(
         # dropped): with cudnn.benchmark every new shape is autotuned again, which cost ~0.3-1 s per
         # slide on an H100, more than the padding. On CPU the spare rows would cost real time.
         x = buffers[slot] if cuda else buffers[slot][:count]
-        if cuda:
+        if upload:
             x = x.to(device, non_blocking=True)
             uploaded[slot] = torch.cuda.Event()
             uploaded[slot].record()
         with torch.inference_mode(), autocast:
-            outputs.append(encoder(x)[:count])
+            outputs.append(model(x)[:count])
         done.append(np.concatenate(batch_idx))
         batch_idx, slot, fill = [], 1 - slot, 0
         bar.update(count)
 
     with tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar, \
             main_threads(1 if cuda else torch.get_num_threads()):
-        for idx, imgs in iter_patches(path, coords, geometry, params):
+        patches = (iter_patches(path, coords, geometry, params) if plan is None
+                   else iter_device_patches(path, coords, geometry, params, plan))
+        for idx, imgs in patches:
             pos = 0
             while pos < len(idx):
                 if fill == 0 and uploaded[slot] is not None:
                     uploaded[slot].synchronize()
                 take = min(b - fill, len(idx) - pos)
-                buffers[slot][fill:fill + take] = torch.from_numpy(imgs[pos:pos + take])
+                buffers[slot][fill:fill + take] = torch.as_tensor(imgs[pos:pos + take])  # numpy or on the device
                 batch_idx.append(idx[pos:pos + take])
                 fill, pos = fill + take, pos + take
                 if fill == b:
@@ -206,6 +217,7 @@ def extract_features(
         out[np.concatenate(done)] = torch.cat(outputs).float().cpu().numpy()
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("nan")
-    log.info("%s: %d patches in %.1f s (%.1f patches/s) on %s%s", desc or path, n, seconds, rate, device,
-             f" with {amp_dtype} autocast" if amp_dtype else "")
-    return out, {"seconds": round(seconds, 3), "patches_per_s": round(rate, 2)}
+    decode = plan.describe() if plan else "cpu JPEG decoding in the readers"
+    log.info("%s: %d patches in %.1f s (%.1f patches/s) on %s%s, %s", desc or path, n, seconds, rate, device,
+             f" with {amp_dtype} autocast" if amp_dtype else "", decode)
+    return out, {"seconds": round(seconds, 3), "patches_per_s": round(rate, 2), "decode": decode}

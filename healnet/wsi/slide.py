@@ -192,23 +192,31 @@ class TiffTiles:
         ty, tx = divmod(i, per_row)
         return tx * page.tilewidth, ty * page.tilelength, page.tilewidth, page.tilelength
 
+    def raw_tile(self, level: int, i: int) -> bytes:
+        """The stored (compressed) bytes of tile `i` of `level`; b"" for an empty tile."""
+        page = self.pages[level]
+        count = int(page.databytecounts[i])
+        if not count:
+            return b""
+        fh = self.tif.filehandle
+        fh.seek(int(page.dataoffsets[i]))
+        data = fh.read(count)
+        if len(data) != count:
+            raise ValueError(f"tile {i} of level {level} is cut short ({len(data)} of {count} bytes)")
+        return data
+
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) at level px (x, y); outside the image (or an empty tile) is white."""
         page = self.pages[level]
         tw, th, width, height = page.tilewidth, page.tilelength, page.imagewidth, page.imagelength
         per_row = math.ceil(width / tw)
         out = np.full((h, w, 3), 255, np.uint8)
-        fh = self.tif.filehandle
         for ty in range(max(0, y // th), min(math.ceil(height / th), math.ceil((y + h) / th))):
             for tx in range(max(0, x // tw), min(per_row, math.ceil((x + w) / tw))):
                 i = ty * per_row + tx
-                count = int(page.databytecounts[i])
-                if not count:
+                data = self.raw_tile(level, i)
+                if not data:
                     continue
-                fh.seek(int(page.dataoffsets[i]))
-                data = fh.read(count)
-                if len(data) != count:
-                    raise ValueError(f"tile {i} of level {level} is cut short ({len(data)} of {count} bytes)")
                 tile = page.decode(data, i, jpegtables=page.jpegtables)[0]
                 if tile is None:
                     raise ValueError(f"tile {i} of level {level} could not be decoded")
