@@ -173,6 +173,9 @@ class RegionDecoder:
         self.read, self.size = geometry.read_size, geometry.patch_size
         self.weights = (torch.from_numpy(area_weights(self.read, self.size)).to(device)
                         if self.read > self.size else None)
+        self.white = torch.full((3, layout.tile_h, layout.tile_w), 255, dtype=torch.uint8, device=device)
+        if device.type == "cuda":  # made on this stream, used on the decoding thread's: ready before
+            torch.cuda.current_stream(device).synchronize()
 
     def decode(self, streams: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -184,14 +187,11 @@ class RegionDecoder:
         lay = self.layout
         th, tw = lay.tile_h, lay.tile_w
         streams = region.streams()
-        present = [i for i, s in enumerate(streams) if s.numel()]
-        grid = torch.full((region.ny * region.nx, 3, th, tw), 255, dtype=torch.uint8, device=self.device)
-        if present:
-            images = self.decode([streams[i] for i in present])
-            bad = [tuple(im.shape) for im in images if tuple(im.shape) != (3, th, tw)]
-            if bad:
-                raise ValueError(f"level {lay.level}: a tile decodes to {bad[0]}, not the tile size (3, {th}, {tw})")
-            grid[torch.tensor(present, device=self.device)] = torch.stack(images)
+        images = iter(self.decode([s for s in streams if s.numel()]) if any(s.numel() for s in streams) else [])
+        # Missing tiles are a shared white tile: one stack, no index upload (a blocking copy on CUDA).
+        grid = torch.stack([next(images) if s.numel() else self.white for s in streams])
+        if grid.shape[1:] != (3, th, tw):
+            raise ValueError(f"level {lay.level}: a tile decodes to {tuple(grid.shape[1:])}, not (3, {th}, {tw})")
         canvas = grid.view(region.ny, region.nx, 3, th, tw).permute(2, 0, 3, 1, 4).reshape(
             3, region.ny * th, region.nx * tw)
         ex, ey = lay.width - region.tx0 * tw, lay.height - region.ty0 * th  # image edge in canvas px
