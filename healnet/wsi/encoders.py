@@ -87,7 +87,8 @@ class FrozenEncoder(nn.Module):
 
 def for_inference(encoder: PatchEncoder, device: torch.device, amp_dtype: torch.dtype | None) -> nn.Module:
     """The encoder as it runs on `device` under `amp_dtype` autocast: on the CPU a frozen graph
-    (traced on one patch: ~1 s; 1.28x faster in fp32, features equal to 1e-7; bench/README.md), on
+    (traced on one patch, a few seconds; model alone 1.2-1.3x faster in fp32, features equal to 2e-7;
+    bench/README.md), on
     CUDA the module itself (cuDNN fuses already). Any tracing failure keeps the module."""
     if device.type != "cpu":
         return encoder
@@ -223,7 +224,8 @@ def cpu_native_bf16() -> bool:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """`auto`: bf16 where the hardware computes it natively (CUDA, else fp16 there; CPUs with
-    AVX512-BF16 / AMX: 1.6x faster, features within 3e-3 relative of fp32), otherwise fp32."""
+    AVX512-BF16 / AMX: with the frozen graph 1.75x end to end, features within 5e-3 relative of
+    fp32; bench/README.md), otherwise fp32."""
     if precision == "fp32":
         return None
     if precision == "auto":
