@@ -15,7 +15,9 @@ Reading is what limits throughput, so:
   into a (pinned) batch buffer, uploaded asynchronously and normalised on the device, under
   `inference_mode`, in channels_last, with bf16 autocast on CUDA;
 - on CUDA the main process runs torch single-threaded while it feeds the GPU: its only CPU work is
-  copying patches, and an intra-op thread pool would spin on the cores the readers need.
+  copying patches, and an intra-op thread pool would spin on the cores the readers need;
+- with `features.decode` gpu/auto on CUDA, plain-JPEG slides skip the readers' decoding: they read
+  tile bytes and the GPU decodes (`tiledecode`); the patches arrive on the device, batched there.
 """
 
 from __future__ import annotations
