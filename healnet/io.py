@@ -1,13 +1,15 @@
-"""Atomic writes: an interrupted job never leaves a file that looks complete."""
+"""File helpers: atomic writes (an interrupted job never leaves a file that looks complete), and
+reads cached while a file is unchanged."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
+import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pandas as pd
 
@@ -64,3 +66,29 @@ def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.Dat
     if dup:
         raise ValueError(f"{what} {path}: patient(s) listed twice: {dup[:10]}; regenerate it with `healnet {rule}`")
     return df
+
+
+T = TypeVar("T")
+
+
+def cached_while_unchanged(read: Callable[[str | Path], T]) -> Callable[[str | Path], T]:
+    """Cache `read(path)` per process, keyed by the file's path, modification time and size.
+
+    For tables the workflow consults once per job (sample sheets, GDC manifests): one read per
+    process instead of one per job, and a file rewritten by a checkpoint is read again.
+    """
+
+    @functools.lru_cache(maxsize=64)
+    def cached(path: str, mtime_ns: int, size: int) -> T:
+        return read(path)
+
+    @functools.wraps(read)
+    def wrapper(path: str | Path) -> T:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return read(path)  # raises the reader's own, clearer error
+        return cached(str(path), st.st_mtime_ns, st.st_size)
+
+    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return wrapper

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from healnet.io import cached_while_unchanged
 
 REQUIRED = ["case_id", "slide_id", "path"]
 OPTIONAL = ["mpp"]
@@ -57,3 +60,26 @@ def read_sample_sheet(path: str | Path, check_files: bool = True) -> pd.DataFram
                 "Paths are relative to the working directory; fix the `path` column or fetch the slides."
             )
     return sheet
+
+
+
+@dataclass(frozen=True)
+class IndexedSheet:
+    """A checked sample sheet with O(1) lookup by slide id (what the workflow's input functions need)."""
+
+    frame: pd.DataFrame
+    rows: dict[str, dict]
+
+    def row(self, slide_id: str) -> dict | None:
+        return self.rows.get(slide_id)
+
+
+@cached_while_unchanged
+def indexed_sample_sheet(path: str | Path) -> IndexedSheet:
+    """The sheet at `path`, read and checked once per process while the file is unchanged.
+
+    Snakemake calls input functions for every job (three per slide); reading and checking the sheet
+    each time made building the DAG quadratic in the number of slides.
+    """
+    frame = read_sample_sheet(path)
+    return IndexedSheet(frame, {r["slide_id"]: r for r in frame.to_dict("records")})

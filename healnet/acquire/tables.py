@@ -101,7 +101,9 @@ def resolve_cohort_downloads(name: str, cohort: "Cohort") -> None:
     A `clinical_omics`/`splits` path set in the config is used as is: nothing is downloaded for it.
     """
     where = f"cohorts.{name}"
-    if cohort.gdc_project:
+    if not cohort.wsi:
+        cohort.slides = None  # omics only: no sample sheet, so no slide is listed, fetched or read
+    elif cohort.gdc_project:
         sheet = gdc_sheet_path(name)
         if cohort.slides is None:
             cohort.slides = sheet

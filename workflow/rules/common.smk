@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from healnet.config import ConfigError, parse_config
-from healnet.sheets import read_sample_sheet
+from healnet.sheets import indexed_sample_sheet
 
 # Friendly check first (names the bad key and the allowed ones), then the JSON schema.
 try:
@@ -48,31 +48,29 @@ def cohort(name):
 def sample_sheet_path(name):
     """The cohort's sample sheet, through the rule that makes it when it is generated."""
     c = cohort(name)
+    if not c.wsi:
+        return None
     if c.synthetic:
         return checkpoints.demo_cohort.get(cohort=name).output.sheet
     if c.gdc_project:
-        check_gdc_manifest(name)
         return checkpoints.gdc_sheet.get(cohort=name).output.sheet
     return c.slides
 
 
 def sample_sheet(name):
-    """The cohort's slides as a DataFrame (empty for an omics-only cohort)."""
-    import pandas as pd
-
+    """The cohort's slides, read once per process (None for an omics-only cohort)."""
     path = sample_sheet_path(name)
-    if path is None:
-        return pd.DataFrame(columns=["case_id", "slide_id", "path", "mpp"])
-    return read_sample_sheet(path)
+    return None if path is None else indexed_sample_sheet(path)
 
 
 def slide_row(wildcards):
-    sheet = sample_sheet(wildcards.cohort).set_index("slide_id")
-    if wildcards.slide not in sheet.index:
+    sheet = sample_sheet(wildcards.cohort)
+    row = sheet.row(wildcards.slide) if sheet is not None else None
+    if row is None:
         raise WorkflowError(
             f"slide {wildcards.slide!r} is not in the sample sheet of cohort {wildcards.cohort!r}"
         )
-    return sheet.loc[wildcards.slide]
+    return row
 
 
 def slide_path(wildcards):
@@ -88,7 +86,8 @@ def slide_mpp_override(wildcards):
 
 
 def cohort_slides(name):
-    return list(sample_sheet(name)["slide_id"])
+    sheet = sample_sheet(name)
+    return [] if sheet is None else list(sheet.rows)
 
 
 def encoder_of(name):
@@ -143,31 +142,28 @@ def gdc_manifest_path(name):
     return f"data/{name}/gdc_manifest.tsv"
 
 
-def check_gdc_manifest(name):
-    """Fail early, with the command to run, unless the manifest exists and matches the config."""
+def gdc_manifest(name):
+    """The cohort's GDC manifest, built by the gdc_manifest checkpoint when missing (or when the
+    query in the config changed since), else reused as is: the pinned list of the cohort's slides.
+    """
     from healnet.acquire.gdc import ManifestQuery, read_manifest_query
 
+    path = checkpoints.gdc_manifest.get(cohort=name).output.manifest
     c = cohort(name)
-    path = gdc_manifest_path(name)
-    build = (
-        f"build it first (it queries the GDC for the slides to download): "
-        f"`snakemake --cores 1 {path}`"
-    )
-    if not Path(path).is_file():
-        raise WorkflowError(
-            f"cohort {name!r}: the GDC manifest {path} does not exist; {build}"
-        )
     wanted = ManifestQuery(
         c.gdc_project, sorted(c.gdc_cases) if c.gdc_cases else None, c.gdc_max_files
     )
     built = read_manifest_query(path)
-    if built != wanted:
+    if (
+        built != wanted
+    ):  # built before this workflow tracked its query (no metadata to rerun it)
         was = built.describe() if built else "an unknown query (no .json next to it)"
         raise WorkflowError(
             f"cohort {name!r}: the GDC manifest {path} was built for {was}, but the config "
             f"(gdc_project, gdc_cases, gdc_max_files) asks for {wanted.describe()}; "
-            f"rebuild it: `snakemake --cores 1 {path}`"
+            f"rebuild it: `snakemake --cores 1 {path} --forcerun gdc_manifest`"
         )
+    return path
 
 
 def synthetic_cohorts_regex():
@@ -192,28 +188,32 @@ def gdc_query_args(wildcards):
     return args.strip()
 
 
-def gdc_manifest_rows(name):
-    from healnet.acquire.gdc import read_manifest
+def gdc_manifest_input(wildcards):
+    return gdc_manifest(wildcards.cohort)
 
-    check_gdc_manifest(name)
-    return read_manifest(gdc_manifest_path(name)).set_index("file_name")
+
+def gdc_manifest_rows(name):
+    """{file_name: manifest row}, read once per process."""
+    from healnet.acquire.gdc import indexed_manifest
+
+    return indexed_manifest(gdc_manifest(name))
 
 
 def gdc_slide_files(wildcards):
     """Every slide of the manifest, in data/{cohort}/slides/: the downloads the sheet waits for."""
     rows = gdc_manifest_rows(wildcards.cohort)
-    return [f"data/{wildcards.cohort}/slides/{name}" for name in rows.index]
+    return [f"data/{wildcards.cohort}/slides/{name}" for name in rows]
 
 
 def gdc_file(wildcards):
     """Manifest row of one slide (file_id, md5sum, file_size): what identifies the download."""
     rows = gdc_manifest_rows(wildcards.cohort)
-    if wildcards.file_name not in rows.index:
+    if wildcards.file_name not in rows:
         raise WorkflowError(
             f"data/{wildcards.cohort}/slides/{wildcards.file_name} is not in the GDC manifest "
             f"{gdc_manifest_path(wildcards.cohort)}"
         )
-    return rows.loc[wildcards.file_name]
+    return rows[wildcards.file_name]
 
 
 def gdc_file_id(wildcards):
@@ -350,12 +350,21 @@ def cohort_model_list(wildcards):
     return " ".join(cohort_models(wildcards.cohort))
 
 
-# --- Conda environments (envs/) ---
+# --- Where rules find `healnet` (envs/, PATH) ---
 import os
+import sys
 
-# envs/healnet.post-deploy.sh installs this repository's package into a new rule env (--use-conda).
-# (A write, not a read, so no `envvars:`; .update() keeps `snakemake --lint` from taking it for one.)
-os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))
+# Rules call `healnet`: the one installed beside the Python running Snakemake comes first on PATH,
+# so `.venv/bin/snakemake` works without an activated venv, and cluster jobs (which run this same
+# Python) find it too. With --use-conda, Snakemake activates the rule's env after this, so its own
+# `healnet` wins there. envs/healnet.post-deploy.sh installs this repository into a new rule env.
+# (Writes, not reads, so no `envvars:`; .update() keeps `snakemake --lint` from taking them for one.)
+os.environ.update(
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    ),
+    HEALNET_REPO=str(Path(workflow.basedir).parent),
+)
 
 
 # --- Paper tables and figures (healnet/paper, rules/paper.smk) ---
@@ -365,7 +374,7 @@ def paper_models(name):
     """Models a paper cohort trains: Table 1's rows, the XOR pair, the inspected model; slide-only
     models are left out on a cohort without slides (their cells stay empty)."""
     c = cohort(name)
-    has_slides = bool(c.slides or c.synthetic or c.gdc_project)
+    has_slides = c.wsi and bool(c.slides or c.synthetic)
     return [
         m
         for m in CFG.paper.needed_models()
