@@ -112,6 +112,7 @@ def resolve_cohort_downloads(name: str, cohort: "Cohort") -> None:
                 f"{where}: a GDC cohort's sample sheet is built at {sheet}, not {cohort.slides!r}; "
                 f"remove `slides` (or remove `gdc_project` to use your own sample sheet)"
             )
+    if cohort.gdc_project:
         pinned = PORPOISE.get(cohort.gdc_project)
         if pinned is not None:
             table_url, splits_url = porpoise_urls(cohort.gdc_project)

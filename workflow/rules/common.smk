@@ -15,7 +15,8 @@ try:
     )
 except ConfigError as err:
     raise WorkflowError(str(err))
-validate(config, "../schemas/config.schema.yaml")
+# The typed config: `--config` gives nested values as strings ("cohorts={blca: {wsi: false}}").
+validate(CFG.model_dump(mode="json"), "../schemas/config.schema.yaml")
 
 COHORTS = sorted(CFG.cohorts)
 
@@ -308,25 +309,32 @@ def model_data_inputs(cohort_name, models):
     return out
 
 
-def train_inputs(wildcards):
-    c = wildcards.cohort
-    return {
-        "labels": f"results/{c}/labels.tsv",
-        "fold": f"results/{c}/splits/fold{wildcards.fold}.tsv",
-        **model_data_inputs(c, [wildcards.model]),
-    }
+def train_data_inputs(wildcards):
+    """What `healnet train` reads besides labels and its fold (those are named in the rule, so a
+    dry run can print the command while a sample-sheet checkpoint is pending)."""
+    return model_data_inputs(wildcards.cohort, [wildcards.model])
+
+
+def cohort_runs(name, models):
+    """results/{cohort}/models/{model}/fold{k} of every model and fold."""
+    return [
+        f"results/{name}/models/{m}/fold{k}"
+        for m in models
+        for k in range(n_folds(name))
+    ]
+
+
+def cohort_fold_files(wildcards):
+    return [
+        f"results/{wildcards.cohort}/splits/fold{k}.tsv"
+        for k in range(n_folds(wildcards.cohort))
+    ]
 
 
 def evaluate_inputs(wildcards):
     c = wildcards.cohort
-    runs = [
-        f"results/{c}/models/{m}/fold{k}"
-        for m in cohort_models(c)
-        for k in range(n_folds(c))
-    ]
+    runs = cohort_runs(c, cohort_models(c))
     return {
-        "labels": f"results/{c}/labels.tsv",
-        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
         "checkpoints": [f"{r}/checkpoint.pt" for r in runs],
         "predictions": [f"{r}/predictions.tsv" for r in runs],
         **model_data_inputs(c, cohort_models(c)),
@@ -400,16 +408,10 @@ def paper_inspection_dirs():
 
 
 def paper_cohort_inputs(wildcards):
-    """What `healnet paper cohort` reads: every paper model's runs of the cohort, and their data."""
+    """What `healnet paper cohort` reads besides labels and folds: every paper model's runs, their data."""
     c = wildcards.cohort
-    runs = [
-        f"results/{c}/models/{m}/fold{k}"
-        for m in paper_models(c)
-        for k in range(n_folds(c))
-    ]
+    runs = cohort_runs(c, paper_models(c))
     return {
-        "labels": f"results/{c}/labels.tsv",
-        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
         "runs": [
             f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")
         ],
@@ -436,7 +438,8 @@ def paper_modalities_json(wildcards):
 
 def cohort_predictions(wildcards):
     """predictions.tsv of every model and fold of the cohort (the Kaplan-Meier plot's input)."""
-    return evaluate_inputs(wildcards)["predictions"]
+    runs = cohort_runs(wildcards.cohort, cohort_models(wildcards.cohort))
+    return [f"{r}/predictions.tsv" for r in runs]
 
 
 # --- WSI (healnet/wsi, rules/wsi.smk) ---

@@ -7,7 +7,9 @@ wildcard_constraints:
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(train_data_inputs),
+        labels="results/{cohort}/labels.tsv",
+        fold="results/{cohort}/splits/fold{fold}.tsv",
     output:
         checkpoint="results/{cohort}/models/{model}/fold{fold}/checkpoint.pt",
         predictions="results/{cohort}/models/{model}/fold{fold}/predictions.tsv",
@@ -41,6 +43,8 @@ rule train:
 rule evaluate:
     input:
         unpack(evaluate_inputs),
+        labels="results/{cohort}/labels.tsv",
+        folds=cohort_fold_files,
     output:
         cindex="results/{cohort}/cindex.tsv",  # in the report as HTML: rules/report.smk
         missing="results/{cohort}/cindex_missing.tsv",
