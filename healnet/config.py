@@ -8,6 +8,7 @@ name the key and the allowed ones. The JSON schema is generated from these model
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -486,6 +487,23 @@ def load_config(*paths: str | Path) -> Config:
         with open(path) as fh:
             merge_into(merged, yaml.safe_load(fh) or {})
     return parse_config(merged, source=" + ".join(str(p) for p in paths))
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def targets_given_as_configfiles(configfiles: list[str | Path]) -> str | None:
+    """The one-line fix when `--configfile a.yaml results/x.tsv` swallowed a target as a config file."""
+    shown = [os.path.relpath(p) if Path(p).is_absolute() else str(p) for p in configfiles]
+    targets = [p for p in shown if Path(p).suffix.lower() not in CONFIG_SUFFIXES]
+    if not targets:
+        return None
+    files = [p for p in shown if p not in targets]
+    return (
+        f"--configfile was given {' '.join(targets)}, a target rather than a config file (--configfile "
+        f"takes several values): put the targets first, `snakemake {' '.join(targets)} --configfile "
+        f"{' '.join(files)}`, or write --configfile={files[0] if files else 'FILE'}"
+    )
 
 
 def merge_into(base: dict, update: dict) -> dict:

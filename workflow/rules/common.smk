@@ -5,9 +5,14 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from healnet.config import ConfigError, parse_config
+from healnet.config import ConfigError, parse_config, targets_given_as_configfiles
 from healnet.sheets import indexed_sample_sheet
 
+# `snakemake --configfile my.yaml results/x.tsv` reads the target as a config file (Snakemake itself
+# fails first when it does not exist; when it does, it lands here).
+misplaced = targets_given_as_configfiles(workflow.overwrite_configfiles or [])
+if misplaced:
+    raise WorkflowError(misplaced)
 # Friendly check first (names the bad key and the allowed ones), then the JSON schema.
 try:
     CFG = parse_config(
