@@ -38,7 +38,7 @@ rule report_tables:
             caption="../report/versions.rst",
             category="Software",
             subcategory="{cohort}",
-            labels={"cohort": "{cohort}", "result": "package versions of the evaluation"},
+            labels={"cohort": "{cohort}", "result": "versions of the evaluation"},
         ),
     log:
         "logs/{cohort}/report_tables.log",
