@@ -401,6 +401,10 @@ def test_versions_table_and_check_against_a_lock(tmp_path, capsys):
     assert table.loc["pandas", "status"] == "not in lock"
     assert table.loc["python", "version"] == platform.python_version()
     assert table.loc["healnet-pipeline", "status"] == "runtime"
+    if (REPO / ".git").exists():  # a checkout: the commit the results came from
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert f"(git {head}" in table.loc["healnet-pipeline", "version"]
     warning = capsys.readouterr().err  # the run warns that its stack is not the lock
     assert "numpy 2" in warning and "(locked 0.0.1)" in warning and " more" in warning
     assert main(["versions", "--lock", str(lock), "--check"]) == 1
@@ -454,3 +458,15 @@ def test_post_deploy_installs_the_package_editable_into_a_fresh_env(tmp_path):
 
 def test_common_smk_tells_post_deploy_where_the_repository_is(rules):
     assert os.environ.get("HEALNET_REPO") == str(REPO)
+
+
+def test_runtime_rows_name_the_accelerator(monkeypatch):
+    """The device row says which GPU ran the evaluation (CUDA itself is absent on the test machines)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    rows = {r["package"]: r["version"] for r in stack.runtime_rows("cuda")}
+    assert rows["device"] == "cuda (NVIDIA H200)" and rows["python"] == platform.python_version()
+    assert rows["torch cuda"] == (torch.version.cuda or "none (CPU build)")
+    assert {r["package"]: r["version"] for r in stack.runtime_rows("cpu")}["device"] == "cpu"
