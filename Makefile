@@ -26,8 +26,9 @@ $(STAMP): $(LOCK) setup.cfg pyproject.toml
 	# remove what the lock lacks (installed by hand or by an older lock); pip-sync comes with the lock
 	$(BIN)/pip-sync --quiet $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -m pip check
+	# the lock covers setup.cfg (else: `make lock`) and is exactly what is installed
 	$(BIN)/healnet versions --check
+	$(BIN)/python -m pip check
 	touch $@
 
 # Re-resolve setup.cfg's ranges (+ TORCH) into the lock, keeping current pins where they still fit;

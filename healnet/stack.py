@@ -10,6 +10,7 @@ table can be traced to the software that computed it. See docs/environment.md.
 
 from __future__ import annotations
 
+import configparser
 import importlib.metadata as md
 import importlib.util
 import logging
@@ -47,7 +48,7 @@ def read_lock(path: str | Path = LOCK) -> dict[str, str]:
         if not line or line.startswith("#") or line.startswith("--hash"):
             continue
         m = _PIN.match(line)
-        if not m or line.startswith("-"):
+        if not m:
             raise ValueError(
                 f"{path}:{number}: {line!r} is not an exact pin (name==version); the lock holds only "
                 "pins with their hashes: regenerate it with `make lock` instead of editing it"
@@ -125,6 +126,15 @@ def stale(locked: Mapping[str, str], requirements: Iterable[str]) -> list[str]:
         elif not req.specifier.contains(locked[name], prereleases=True):
             problems.append(f"{req} but the lock pins {name}=={locked[name]}")
     return problems
+
+
+def setup_cfg_requirements(path: str | Path = REPO / "setup.cfg") -> list[str]:
+    """install_requires and the dev extra of setup.cfg: what the lock is compiled from."""
+    cfg = configparser.ConfigParser()
+    if not cfg.read(path):
+        raise FileNotFoundError(f"{path} does not exist; the lock is compiled from the repository's setup.cfg")
+    text = cfg["options"]["install_requires"] + "\n" + cfg["options.extras_require"].get("dev", "")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
 # --- envs/healnet.yaml, generated from the lock -------------------------------------------------

@@ -289,14 +289,6 @@ def test_env_pins_are_the_locks(env):
     assert not problems, "\n".join(problems) + f"\nfix: `make lock` (regenerates {env.name} from {LOCK.name})"
 
 
-def setup_cfg_requirements() -> list[str]:
-    """install_requires and the dev extra: what the lock is compiled from."""
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    text = cfg["options"]["install_requires"] + "\n" + cfg["options.extras_require"]["dev"]
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
 def makefile_torch() -> list[str]:
     m = re.search(r"^TORCH := (.+)$", (REPO / "Makefile").read_text(), re.M)
     assert m, "Makefile: no `TORCH := torch==... torchvision==...` line"
@@ -307,7 +299,7 @@ def test_lock_is_compiled_from_setup_cfg_and_the_makefiles_torch():
     torch_pins = makefile_torch()
     assert {Requirement(p).name for p in torch_pins} == {"torch", "torchvision"}
     assert all(str(Requirement(p).specifier).startswith("==") for p in torch_pins), torch_pins
-    problems = stack.stale(stack.read_lock(LOCK), setup_cfg_requirements() + torch_pins)
+    problems = stack.stale(stack.read_lock(LOCK), stack.setup_cfg_requirements() + torch_pins)
     assert not problems, f"{LOCK.name} is stale: " + "; ".join(problems) + ". Fix: `make lock`, then `make install`"
     assert stack.lock_python(LOCK) == f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -470,3 +462,18 @@ def test_runtime_rows_name_the_accelerator(monkeypatch):
     assert rows["device"] == "cuda (NVIDIA H200)" and rows["python"] == platform.python_version()
     assert rows["torch cuda"] == (torch.version.cuda or "none (CPU build)")
     assert {r["package"]: r["version"] for r in stack.runtime_rows("cpu")}["device"] == "cpu"
+
+
+def test_versions_check_fails_on_a_lock_stale_against_setup_cfg(tmp_path, capsys):
+    """`make install` ends with `healnet versions --check`: a requirement added to setup.cfg without
+    `make lock` stops it with that fix (not with pip check's 'requires X, which is not installed')."""
+    from healnet.cli import main
+
+    (tmp_path / "setup.cfg").write_text("[options]\ninstall_requires =\n    pyyaml>=6\n    zarr>=3,<4\n"
+                                        "[options.extras_require]\ndev =\n    # why\n    pytest>=8\n")
+    assert stack.setup_cfg_requirements(tmp_path / "setup.cfg") == ["pyyaml>=6", "zarr>=3,<4", "pytest>=8"]
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"pyyaml=={md.version('pyyaml')}\npytest=={md.version('pytest')}\n")
+    assert main(["versions", "--lock", str(lock), "--check"]) == 1
+    error = capsys.readouterr().err
+    assert "is stale against" in error and "zarr<4,>=3 is not in the lock" in error and "`make lock`" in error
