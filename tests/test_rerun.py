@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.metadata as md
 import os
 import re
 import shlex
@@ -297,6 +298,9 @@ def test_report_contains_qc_tables_km_and_attention(work):
     assert "<table" in cindex and "healnet" in cindex and f"{table['cindex'].iloc[0]:.4g}" in cindex
     assert "<table" in report_entry(html, "cindex_missing.html").decode()
     assert "log-rank" in html and "p_value" in report_entry(html, "km_logrank.html").decode()
+    # the stack evaluate ran with (results/demo/versions.tsv, beside cindex.tsv)
+    versions = report_entry(html, "versions.html").decode()
+    assert "<table" in versions and f"<td>{md.version('torch')}</td>" in versions and "Software" in html
     qc = report_entry(html, "slides_qc.html").decode()
     assert all(s in qc for s in slides) and "n_patches" in qc
     heatmaps = pd.read_csv(work / "results/demo/inspect/index.tsv", sep="\t")
