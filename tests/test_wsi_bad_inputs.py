@@ -75,7 +75,8 @@ def test_bad_inputs_skip_and_qc_table(slides, tmp_path):
     # The corrupt copy: find a patch of the intact slide, then break the tile under it.
     src, mpp = slides["corrupt"]
     assert stage("tissue", out, src, "probe", mpp=mpp) == 0 and stage("patches", out, src, "probe") == 0
-    xy = read_patch_store(out / "probe_p.zarr").coords[5]
+    probe = read_patch_store(out / "probe_p.zarr").coords
+    xy = probe[5]
     slides = {**slides, "corrupt": (corrupt_tile(src, out / "corrupt.svs", (xy[0] + 10, xy[1] + 10)), mpp)}
 
     for slide_id, (path, mpp) in slides.items():
@@ -88,21 +89,28 @@ def test_bad_inputs_skip_and_qc_table(slides, tmp_path):
         "truncated": ("failed", "cannot be opened by OpenSlide (OpenSlideUnsupportedFormatError"),
         "nompp": ("failed", "no mpp (um/px) in the slide metadata"),
         "blank": ("no_tissue", "no tissue found"),
-        "corrupt": ("failed", "read failed at level 0"),
+        # the zeroed tile is found before reading; its patches are dropped (slide_reading.on_corrupt_tiles)
+        "corrupt": ("ok", "2 patch(es) dropped: 1 corrupt tile(s) at level 0"),
         "good": ("ok", ""),
     }
+    n_ok = {"good": 8, "corrupt": len(probe) - 2}
     for slide_id, (status, reason) in expected.items():
         geo = json.loads((out / f"{slide_id}.geojson").read_text())
         store = read_feature_store(out / f"{slide_id}.zarr")
         assert store.attrs["status"] == status and reason in store.attrs["reason"], (slide_id, store.attrs["reason"])
         assert (out / f"{slide_id}.png").stat().st_size > 500
         if status == "ok":
-            assert len(store.features) == 8 and store.features.shape[1] == 128 and len(geo["features"]) == 1
+            assert len(store.features) == n_ok[slide_id] and store.features.shape[1] == 128
+            assert len(geo["features"]) == 1
         else:
             assert store.features.shape == (0, 128) and store.coords.shape == (0, 2)
         for key in ("slide_id", "mpp", "patch_size_level0", "encoder", "feature_dim"):
             assert key in store.attrs, (slide_id, key)
-    assert read_feature_store(out / "corrupt.zarr").attrs["mpp"] == 0.3  # tissue and patches were fine
+    corrupt = read_feature_store(out / "corrupt.zarr")
+    assert corrupt.attrs["mpp"] == 0.3 and corrupt.attrs["corrupt_tiles"] == 1
+    assert corrupt.attrs["corrupt_tile_boxes"] == [[xy[0] // 256 * 256, xy[1] // 256 * 256, 256, 256]]
+    assert "no JPEG 2000 start-of-codestream marker" in corrupt.attrs["corrupt_tile_reasons"][0]
+    assert not (corrupt.coords == xy).all(axis=1).any() and (probe == xy).all(axis=1).any()
     assert json.loads((out / "corrupt.geojson").read_text())["healnet"]["status"] == "ok"
 
     sheet = pd.DataFrame({"case_id": [f"C{i // 2}" for i in range(len(expected))], "slide_id": list(expected),
@@ -112,8 +120,10 @@ def test_bad_inputs_skip_and_qc_table(slides, tmp_path):
     assert main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores,
                  "--output", str(out / "slides.tsv")]) == 0
     table = pd.read_csv(out / "slides.tsv", sep="\t", keep_default_na=False)
-    assert list(table.columns) == ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches"]
+    assert list(table.columns) == ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches",
+                                   "corrupt_tiles"]
     assert table.set_index("slide_id")["status"].to_dict() == {k: v[0] for k, v in expected.items()}
+    assert table.set_index("slide_id")["corrupt_tiles"].to_dict() == {k: int(k == "corrupt") for k in expected}
     good = table.set_index("slide_id").loc["good"]
     assert good["n_patches"] == 8 and float(good["mpp"]) == 0.5 and 0.08 < float(good["tissue_mm2"]) < 0.12
     assert table.set_index("slide_id").loc["nompp", "mpp"] == ""
