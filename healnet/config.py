@@ -171,8 +171,8 @@ class Tissue(Strict):
     )
     min_background_grey: int = Field(
         100, ge=0, le=255,
-        description="Brightfield check: the 90th percentile of grey (glass, lightest tissue) must reach this; "
-        "a fluorescence background is near 0. 0 switches this check off.",
+        description="Brightfield check: the grey of the least saturated tenth of the thumbnail (the glass) must "
+        "reach this; a fluorescence background is near 0. 0 switches this check off.",
     )
     max_offstain_fraction: float = Field(
         0.5, ge=0, le=1,

@@ -44,7 +44,7 @@ def _odd(n_px: float) -> int:
 class Brightfield:
     """What the brightfield check measured on the thumbnail, and what is wrong ("" if nothing)."""
 
-    background_grey: float      # 90th percentile of grey: glass (or the lightest tissue) on brightfield
+    background_grey: float      # median grey of the least saturated tenth of the pixels: the glass
     stained_fraction: float     # share of pixels that are coloured and neither dark nor glass
     offstain_fraction: float    # share of those that are green/cyan
     problem: str = ""
@@ -55,21 +55,23 @@ class Brightfield:
 
 
 def check_brightfield(rgb: np.ndarray, params: config.Tissue) -> Brightfield:
-    """Brightfield H&E / IHC means coloured tissue on light glass: the lightest tenth of the thumbnail
-    (glass, or the palest tissue on a fully covered slide) is light, and the stain is pink, purple,
-    blue or brown. Fluorescence puts signal on a black background (a DAPI slide: 90th percentile of
-    grey 13, a fully covered synthetic H&E 170); green/cyan stain (FITC-like) has no place in H&E/DAB."""
+    """Brightfield H&E / IHC means coloured tissue on light glass: the least coloured pixels (the
+    glass, or the palest tissue on a fully covered slide) are light, and the stain is pink, purple,
+    blue or brown. Fluorescence puts its signal on black, and black is the least coloured: the
+    background grey of the real DAPI slide is 10, of the real H&E slides 243-255, of a synthetic slide
+    fully covered by H&E 177. Green/cyan stain (FITC-like) has no place in H&E or DAB."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    background = float(np.percentile(grey, 90)) if grey.size else 255.0
+    sat = hsv[..., 1]
+    background = float(np.median(grey[sat <= np.percentile(sat, 10)])) if grey.size else 255.0
     stained = (hsv[..., 1] > params.min_saturation) & (grey >= params.dark_value)
     hue = hsv[..., 0][stained]  # OpenCV hue is degrees / 2
     offstain = float(np.mean((hue >= 35) & (hue < 100))) if hue.size else 0.0
     result = Brightfield(background, float(stained.mean()) if grey.size else 0.0, offstain)
     problems = []
     if background < params.min_background_grey:
-        problems.append(f"dark background (90th percentile of grey {background:.0f} < tissue.min_background_grey "
-                        f"{params.min_background_grey}; brightfield glass is light)")
+        problems.append(f"dark background (grey {background:.0f} where the slide is least coloured < "
+                        f"tissue.min_background_grey {params.min_background_grey}; brightfield glass is light)")
     if hue.size and offstain > params.max_offstain_fraction:
         problems.append(f"stain colour far from H&E/IHC ({offstain:.0%} of the stained pixels are green/cyan, "
                         f"hue 70-200 deg > tissue.max_offstain_fraction {params.max_offstain_fraction:g})")
@@ -276,7 +278,7 @@ def render_not_brightfield(rgb: np.ndarray, check: Brightfield, title: str, max_
     stain = np.median(stained, axis=0) if len(stained) else np.full(3, 255.0)
     note = _text_block(f"not a brightfield slide: {check.problem}", max(img.shape[1], 480))
     swatch = np.full((60, note.shape[1], 3), 255, np.uint8)
-    for i, (label, colour) in enumerate((("background (90th pct grey)", [check.background_grey] * 3),
+    for i, (label, colour) in enumerate((("background grey", [check.background_grey] * 3),
                                          ("median stained colour", stain))):
         x = 10 + 240 * i
         cv2.rectangle(swatch, (x, 8), (x + 40, 48), tuple(int(c) for c in colour), -1)
