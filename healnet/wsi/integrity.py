@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,21 +40,16 @@ MAX_LISTED = 100                  # tile boxes kept in the attrs (the count is a
 
 # --- codestream checks (pure functions on the bytes of one tile) ---------------------------------------
 
-def _lut(allowed: set[int]) -> np.ndarray:
-    lut = np.zeros(256, bool)
-    lut[sorted(allowed)] = True
-    return lut
+# A 0xFF byte followed by a code the coded data may not hold. JPEG entropy-coded data: only stuffing
+# (0x00), restart markers RST0-7 and fill bytes (0xFF) may follow. JPEG 2000 packet data: only bytes
+# below 0x90 (bit stuffing) and the SOP / EPH markers (0x91, 0x92). A regular expression scans in C.
+_JPEG_BAD = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_J2K_BAD = re.compile(rb"\xff[\x90\x93-\xff]")
 
 
-_JPEG_ECS = _lut({0x00, 0xFF, *range(0xD0, 0xD8)})  # stuffing, fill bytes, RST0-7
-_J2K_BODY = _lut({*range(0x00, 0x90), 0x91, 0x92})   # bit-stuffed data (< 0x90), SOP, EPH
-
-
-def _bad_markers(buf: bytes, start: int, end: int, allowed: np.ndarray) -> int:
-    """Number of 0xFF bytes in the entropy-coded `buf[start:end]` followed by a byte not `allowed`."""
-    data = np.frombuffer(buf, np.uint8, count=end - start, offset=start)
-    ff = np.flatnonzero(data[:-1] == 0xFF)
-    return int(np.count_nonzero(~allowed[data[ff + 1]])) if len(ff) else 0
+def _bad_markers(buf: bytes, start: int, end: int, bad: re.Pattern) -> int:
+    """Number of forbidden markers in the coded data `buf[start:end]` (0 after one quick scan)."""
+    return len(bad.findall(buf, start, end)) if bad.search(buf, start, end) else 0
 
 
 def _u16(buf: bytes, pos: int) -> int:
@@ -79,7 +76,7 @@ def check_jpeg(buf: bytes) -> str | None:
             start = pos + 2 + _u16(buf, pos + 2)
             if n - start < 2 or buf[-2] != 0xFF or buf[-1] != 0xD9:
                 return "JPEG data does not end with the end-of-image marker (cut short or overwritten)"
-            bad = _bad_markers(buf, start, n - 2, _JPEG_ECS)
+            bad = _bad_markers(buf, start, n - 2, _JPEG_BAD)
             return f"{bad} invalid marker(s) inside the JPEG entropy-coded data" if bad else None
         pos += 2 + _u16(buf, pos + 2)
     return "JPEG header ends before the start of scan"
@@ -109,7 +106,7 @@ def check_jpeg2000(buf: bytes) -> str | None:
             sod += 2 + _u16(buf, sod + 2)
         if sod + 2 > end:
             return f"tile-part {parts} has no start-of-data marker"
-        bad = _bad_markers(buf, sod + 2, end, _J2K_BODY)
+        bad = _bad_markers(buf, sod + 2, end, _J2K_BAD)
         if bad:
             return f"{bad} invalid marker(s) inside the JPEG 2000 coded data of tile-part {parts}"
         pos, parts = end, parts + 1
@@ -191,14 +188,13 @@ def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
         needed = sorted({ty * per_row + tx for a, b, c, d in zip(tx0, tx1, ty0, ty1)
                          for ty in range(c, d + 1) for tx in range(a, b + 1)})
         offsets, counts = page.dataoffsets, page.databytecounts
-        fh = tif.filehandle
+        fd = tif.filehandle.fileno()
         bad_tiles: dict[int, str] = {}
         for i in needed:
             if not counts[i]:
                 continue  # an empty tile reads as background; nothing to check
-            fh.seek(int(offsets[i]))
-            buf = fh.read(int(counts[i]))
-            why = "cut short" if len(buf) != counts[i] else check(buf)
+            buf = os.pread(fd, int(counts[i]), int(offsets[i]))
+            why = "cut short (the file ends inside the tile)" if len(buf) != counts[i] else check(buf)
             if why:
                 bad_tiles[i] = why
         result.tiles_checked = len(needed)
