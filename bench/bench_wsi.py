@@ -106,9 +106,14 @@ def integrity_cost(path: Path, coords: np.ndarray, geo, feats_cfg: config.Featur
         found = check_tiles(path, coords, geo, dims)
         check_s.append(time.perf_counter() - t0)
     r, c = float(np.median(read_s)), float(np.median(check_s))
+    # The check runs in `healnet patches` (one process, its own job), reading in `healnet features` on
+    # N reader processes: against reading's wall time with N readers it is counted N times too dear,
+    # so the CPU share (check / (read x N)) is given too.
+    readers = max(1, min(feats_cfg.num_workers, len(coords)))
     return {"patches": n, "tiles": found.tiles_checked, "method": found.method, "corrupt": len(found.corrupt),
             "read_pps_before": round(rate(n, r), 1), "read_pps_after": round(rate(n, r + c), 1),
-            "check_s": round(c, 4), "read_s": round(r, 3), "check_pct_of_read": round(100 * c / r, 2)}
+            "check_s": round(c, 4), "read_s": round(r, 3), "check_pct_of_read": round(100 * c / r, 2),
+            "check_pct_of_read_cpu": round(100 * c / (r * readers), 2)}
 
 
 def main() -> int:

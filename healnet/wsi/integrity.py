@@ -161,7 +161,7 @@ def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
     result = TileCheck("unchecked", geometry.level, bad_patches=np.zeros(len(coords), bool))
     try:
         tif = tifffile.TiffFile(str(path))
-    except Exception as err:  # not a TIFF: DICOM, MIRAX, ...
+    except (tifffile.TiffFileError, OSError, ValueError) as err:  # not a TIFF: DICOM, MIRAX, ...
         result.method = f"unchecked (not a TIFF: {type(err).__name__})"
         return result
     with tif:
@@ -169,7 +169,10 @@ def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
             result.method = "unchecked (NDPI: tiles are restart intervals of one JPEG)"
             return result
         page = _level_page(tif, level_dimensions[geometry.level])
-        compression = int(page.compression) if page is not None else None
+        if page is None:
+            result.method = f"unchecked (level {geometry.level} is not a tiled TIFF page)"
+            return result
+        compression = int(page.compression)
         if compression in JPEG:
             check, result.method = check_jpeg, "jpeg"
         elif compression in JPEG2000:
@@ -180,11 +183,14 @@ def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
         ds, read = geometry.level_downsample, geometry.read_size
         tw, th = page.tilewidth, page.tilelength
         per_row, rows = math.ceil(page.imagewidth / tw), math.ceil(page.imagelength / th)
-        # the tile range each patch reads (the same level px as extract.read_region_patches)
-        x0 = np.round(coords[:, 0] / ds).astype(np.int64)
-        y0 = np.round(coords[:, 1] / ds).astype(np.int64)
-        tx0, tx1 = np.clip(x0 // tw, 0, per_row - 1), np.clip((x0 + read - 1) // tw, 0, per_row - 1)
-        ty0, ty1 = np.clip(y0 // th, 0, rows - 1), np.clip((y0 + read - 1) // th, 0, rows - 1)
+        # The tile range each patch reads. Below level 0 the reader's rounding to level px may shift a
+        # window by 1 px (extract.read_region_patches rounds region and offset separately): widen by 1.
+        pad = 0 if ds == 1 else 1
+        x0 = np.round(coords[:, 0] / ds).astype(np.int64) - pad
+        y0 = np.round(coords[:, 1] / ds).astype(np.int64) - pad
+        span = read - 1 + 2 * pad
+        tx0, tx1 = np.clip(x0 // tw, 0, per_row - 1), np.clip((x0 + span) // tw, 0, per_row - 1)
+        ty0, ty1 = np.clip(y0 // th, 0, rows - 1), np.clip((y0 + span) // th, 0, rows - 1)
         needed = sorted({ty * per_row + tx for a, b, c, d in zip(tx0, tx1, ty0, ty1)
                          for ty in range(c, d + 1) for tx in range(a, b + 1)})
         offsets, counts = page.dataoffsets, page.databytecounts
