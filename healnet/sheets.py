@@ -54,8 +54,8 @@ def read_sample_sheet(path: str | Path, check_files: bool = True) -> pd.DataFram
             raise ValueError(f"sample sheet {path}: `mpp` must be > 0 (line(s) {', '.join(str(i + 2) for i in bad)})")
     else:
         sheet["mpp"] = float("nan")
-    _check_same_file(sheet, path, key=lambda p: os.path.realpath(p), what="the same path")
-    if check_files:
+    if check_files:  # the workflow's start-up check; later readers (training, QC) only map slides to cases
+        _check_same_file(sheet, path, key=lambda p: os.path.realpath(p), what="the same path")
         absent = [(i + 2, p) for i, p in sheet["path"].items() if not Path(p).exists()]
         if absent:
             listing = "; ".join(f"line {line}: {p}" for line, p in absent[:10])
