@@ -146,6 +146,12 @@ class SlideReading(Strict):
         [0.05, 20.0], min_length=2, max_length=2,
         description="Metadata mpp outside this range (e.g. a 72-dpi TIFF default) is ignored as unknown.",
     )
+    on_corrupt_tiles: Literal["drop", "fail", "ignore"] = Field(
+        "drop",
+        description="Compressed tiles under the patches are checked before reading (JPEG / JPEG 2000 in TIFF; "
+        "decoders turn some corrupt tiles into noise silently). drop: drop the patches on corrupt tiles and "
+        "record the tiles; fail: the slide fails; ignore: no check.",
+    )
 
 
 class Tissue(Strict):
@@ -157,9 +163,28 @@ class Tissue(Strict):
     min_tissue_area_um2: float = Field(40000.0, ge=0)
     min_hole_area_um2: float = Field(20000.0, ge=0, description="Smaller holes are filled.")
     max_holes: int = Field(32, ge=0, description="Keep at most this many (largest) holes per polygon.")
-    saturation_threshold: int | None = Field(None, ge=0, le=255, description="Fixed threshold; default Otsu.")
+    slide_type: Literal["brightfield", "fluorescence"] = Field(
+        "brightfield",
+        description="brightfield (H&E, IHC): tissue is coloured on light glass, and a slide that is not (dark "
+        "background, green/cyan stain) fails; fluorescence: tissue is signal brighter than a dark background, "
+        "no brightfield check (the encoders are still trained on H&E).",
+    )
+    min_background_grey: int = Field(
+        100, ge=0, le=255,
+        description="Brightfield check: the grey of the least saturated tenth of the thumbnail (the glass) must "
+        "reach this; a fluorescence background is near 0. 0 switches this check off.",
+    )
+    max_offstain_fraction: float = Field(
+        0.5, ge=0, le=1,
+        description="Brightfield check: at most this share of the stained pixels may be green/cyan "
+        "(hue 70-200 deg, far from H&E and DAB). 1 switches this check off.",
+    )
+    saturation_threshold: int | None = Field(
+        None, ge=0, le=255, description="Fixed threshold (saturation; brightness for fluorescence); default Otsu."
+    )
     min_saturation: int = Field(
-        15, ge=0, le=255, description="Floor under the Otsu threshold, so a blank slide finds no tissue."
+        15, ge=0, le=255,
+        description="Floor under the Otsu threshold, so a blank slide finds no tissue (brightness for fluorescence).",
     )
     filter_dark: bool = Field(True, description="Drop near-black pixels (ink, dirt, scanner borders).")
     dark_value: int = Field(40, ge=0, le=255, description="Max RGB value below which a pixel is 'dark'.")

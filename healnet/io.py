@@ -3,6 +3,8 @@ reads cached while a file is unchanged."""
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import shutil
 import uuid
@@ -13,9 +15,25 @@ from typing import Callable, Iterator, TypeVar
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
 
 def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary siblings (`.{name}.tmp-*`) that an earlier, killed write of `path` left.
+    Called when `path` is written again: one job writes one output (Snakemake's contract), so a
+    sibling of the output being written now belongs to a writer that is gone."""
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    for tmp in stale:
+        log.warning("removing %s, left by an interrupted write of %s", tmp, path.name)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager
@@ -23,10 +41,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
     Works for files and directories (e.g. Zarr stores). The sibling lives in the same folder so
-    the final rename is atomic on POSIX file systems.
+    the final rename is atomic on POSIX file systems. Siblings left by a killed earlier write of the
+    same output are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = _temp_sibling(path)
     try:
         yield tmp

@@ -104,13 +104,26 @@ def sheet(workdir: Path) -> pd.DataFrame:
     return pd.read_csv(workdir / "data/demo/slides.tsv", sep="\t")
 
 
+def mirrored_copy(src: Path, dst: Path) -> None:
+    """`src`'s pixels, mirrored left-right, written as a new generic TIFF at `dst`: a slide of its own
+    (a byte copy would be one file under two slide ids, which the sample sheet check rejects)."""
+    import openslide
+
+    from healnet.demo.slides import write_slide
+
+    with openslide.OpenSlide(str(src)) as slide:
+        rgb = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+        mpp = float(slide.properties["openslide.mpp-x"])
+    write_slide(dst, np.ascontiguousarray(rgb[:, ::-1]), "tiff", mpp)
+
+
 def replace_slide(work: Path) -> str:
-    """Write another slide's pixels over the first generic-TIFF slide: new content, new mtime."""
+    """Write another slide's pixels (mirrored) over the first generic-TIFF slide: new content, new mtime."""
     rows = sheet(work)
     tiffs = rows[rows["path"].str.endswith(".tiff")]
     target, other = tiffs["slide_id"].iloc[0], tiffs["path"].iloc[1]
     time.sleep(1.1)  # a new modification time even on coarse file systems
-    shutil.copyfile(work / other, work / rows.set_index("slide_id").loc[target, "path"])
+    mirrored_copy(work / other, work / rows.set_index("slide_id").loc[target, "path"])
     return target
 
 
@@ -211,7 +224,7 @@ def test_added_slide_runs_only_the_new_slides_chain_then_training(work):
     case = rows["case_id"].value_counts().index[-1]  # a patient with one slide gets a second
     new_id = f"{case}-DX9"
     new_path = f"data/demo/slides/{new_id}.tiff"
-    shutil.copyfile(work / src["path"], work / new_path)
+    mirrored_copy(work / src["path"], work / new_path)
     added = pd.concat([rows, pd.DataFrame([{"case_id": case, "slide_id": new_id, "path": new_path}])])
     added.to_csv(work / "data/demo/slides.tsv", sep="\t", index=False)
     plan = pending(work)
