@@ -1,6 +1,7 @@
 """How long Snakemake takes to build the DAG of a large cohort (issue: linear DAG building).
 
-For each size N, a cohort of N slides (symlinks to one small synthetic slide, one patient each) with a
+For each size N, a cohort of N slides (copies of one small synthetic slide, each with a few bytes
+appended so the sample sheet's duplicate check sees N files; one patient each) with a
 matching clinical + omics table is dry-run for `results/bench{N}/cindex.tsv` (tissue, patches,
 features of every slide, then omics, labels, splits, training, evaluation). Then the same cohort is
 made to look finished (every output touched in DAG order) and `snakemake -n` must say "Nothing to be
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from healnet.wsi.synthetic import he_image, write_slide
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -38,7 +41,7 @@ def make_cohort(workdir: Path, name: str, n: int, slide: Path, table: pd.DataFra
     for i in range(n):
         case = f"BENCH-{i:05d}"
         path = slides / f"{case}-DX1{slide.suffix}"
-        os.symlink(slide.resolve(), path)
+        path.write_bytes(slide.read_bytes() + case.encode())  # readers ignore trailing bytes
         rows.append({"case_id": case, "slide_id": path.stem, "path": str(path)})
         row = table.iloc[i % len(table)].copy()
         row["case_id"], row["slide_id"] = case, f"{case}-DX1.svs"
@@ -106,8 +109,9 @@ def main() -> None:
         src = work / "src"
         subprocess.run([str(BIN / "healnet"), "demo-cohort", "--outdir", str(src), "--params",
                         json.dumps({"n_patients": 6, "seed": 0})], check=True, capture_output=True)
-        sheet = pd.read_csv(src / "slides.tsv", sep="\t")
-        slide = Path(sheet["path"].iloc[0])
+        # A small slide (~30 KB): every copy has the same size, so the duplicate check hashes them all.
+        slide = work / "small.svs"
+        write_slide(slide, he_image(896, 672, 0.5, seed=0), 0.5, downsamples=(1, 4))
         table = pd.read_csv(src / "clinical_omics.csv", index_col=0)
         cohorts = {f"bench{n}": make_cohort(work, f"bench{n}", n, slide, table) for n in args.sizes}
         shutil.copy(REPO / "config.yaml", work / "config.yaml")  # the workflow's defaults, read from the workdir
