@@ -5,6 +5,10 @@ On a generated 40x (0.25 um/px) slide of realistic size it prints, in one run:
 - patches/s for reading + preprocessing alone, fast path (region reads, N reader workers with their own
   OpenSlide handles, uint8 out) vs naive (one `read_region` per patch at level 0, PIL bilinear resize,
   torchvision ToTensor + Normalize, single process), with the ratio (target >= 3x);
+- the cost of the tile integrity check (healnet/wsi/integrity.py, run by `healnet patches`) on the
+  tiles under the same patches: reading alone (before) vs check + reading (after), interleaved
+  rounds, medians (target: check < 5% of reading); `--check-slide` adds a slide of your own (e.g. a
+  JPEG 2000 TCGA slide, with `--check-mpp` if it carries no mpp);
 - patches/s for full extraction with ResNet50-trunc, fast (uint8 to the device, normalise there,
   inference_mode, channels_last, bf16 autocast on CUDA) vs naive (the same model, fp32 tensors);
   target on a GPU: >= 3,000 patches/s end to end (median of --repeats runs);
@@ -40,25 +44,31 @@ from healnet import config
 from healnet.wsi import extract
 from healnet.wsi.encoders import autocast_dtype, build_encoder, pick_device
 from healnet.wsi.extract import extract_features, iter_patches
+from healnet.wsi.integrity import check_tiles
 from healnet.wsi.patches import patch_geometry, patch_grid
 from healnet.wsi.slide import Slide
 from healnet.wsi.synthetic import write_large_slide
-from healnet.wsi.tissue import detect_tissue
+from healnet.wsi.tissue import check_brightfield, detect_tissue
 
 log = logging.getLogger("bench_wsi")
 
 
-def tissue_seconds(path: Path, params: config.Tissue, patching: config.Patching) -> tuple[float, np.ndarray, object]:
-    """Open, read the thumbnail, detect tissue and lay the grid: what `healnet tissue` does per slide."""
+def tissue_seconds(path: Path, params: config.Tissue,
+                   patching: config.Patching) -> tuple[float, np.ndarray, object, float]:
+    """Open, read the thumbnail, check brightfield, detect tissue and lay the grid: what `healnet tissue`
+    does per slide. Also returns the brightfield check's own seconds."""
     t0 = time.perf_counter()
     slide = Slide.open(path, config.SlideReading())
     geo = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching)
     rgb, scale = slide.image_at(params.thumbnail_mpp)
+    t1 = time.perf_counter()
+    check_brightfield(rgb, params)
+    brightfield_s = time.perf_counter() - t1
     res = detect_tissue(rgb, (slide.mpp.x / scale[0], slide.mpp.y / scale[1]), params)
     coords = patch_grid(res.mask, scale, slide.dimensions, geo.patch_size_level0, patching.min_tissue_fraction)
     seconds = time.perf_counter() - t0
     slide.close()
-    return seconds, coords, geo
+    return seconds, coords, geo, brightfield_s
 
 
 def naive_batches(path: Path, coords: np.ndarray, read_size: int, batch_size: int):
@@ -105,6 +115,29 @@ def max_rel_diff(a: np.ndarray, ref: np.ndarray) -> float:
     return float((np.linalg.norm(a - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)).max())
 
 
+def integrity_cost(path: Path, coords: np.ndarray, geo, feats_cfg: config.Features, rounds: int) -> dict:
+    """Reading alone vs the tile check, interleaved `rounds` times (the machine is noisy), medians."""
+    with Slide(path) as slide:
+        dims = slide.level_dimensions
+    read_s, check_s = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        n = sum(len(idx) for idx, _ in iter_patches(str(path), coords, geo, feats_cfg))
+        read_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        found = check_tiles(path, coords, geo, dims)
+        check_s.append(time.perf_counter() - t0)
+    r, c = float(np.median(read_s)), float(np.median(check_s))
+    # The check runs in `healnet patches` (one process, its own job), reading in `healnet features` on
+    # N reader processes: against reading's wall time with N readers it is counted N times too dear,
+    # so the CPU share (check / (read x N)) is given too.
+    readers = max(1, min(feats_cfg.num_workers, len(coords)))
+    return {"patches": n, "tiles": found.tiles_checked, "method": found.method, "corrupt": len(found.corrupt),
+            "read_pps_before": round(rate(n, r), 1), "read_pps_after": round(rate(n, r + c), 1),
+            "check_s": round(c, 4), "read_s": round(r, 3), "check_pct_of_read": round(100 * c / r, 2),
+            "check_pct_of_read_cpu": round(100 * c / (r * readers), 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=30000)
@@ -117,6 +150,9 @@ def main() -> int:
     ap.add_argument("--region-patches", type=int, default=config.Features().region_patches)
     ap.add_argument("--repeats", type=int, default=0, help="end-to-end runs of each variant, interleaved, median "
                     "reported (default: 3 on a GPU, 2 on CPU)")
+    ap.add_argument("--check-rounds", type=int, default=3, help="interleaved rounds of the integrity-check timing")
+    ap.add_argument("--check-slide", help="also time the integrity check on this slide (e.g. a JPEG 2000 SVS)")
+    ap.add_argument("--check-mpp", type=float, help="level-0 um/px of --check-slide if it carries none")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", help="keep the generated slides here (default: a temporary folder)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -139,11 +175,11 @@ def main() -> int:
     fig["write_slide_s"] = round(time.perf_counter() - t0, 2)
     bw, bh = (int(v) for v in args.big.split("x"))
     big_path = write_large_slide(work / "big40x.svs", bw, bh, 0.25, seed=1)
-    tissue_s, coords, geo = tissue_seconds(slide_path, params, patching)
-    big_s, big_coords, _ = tissue_seconds(big_path, params, patching)
+    tissue_s, coords, geo, _ = tissue_seconds(slide_path, params, patching)
+    big_s, big_coords, _, big_bf = tissue_seconds(big_path, params, patching)
     fig.update(slide=f"{args.width}x{args.height} @ 0.25 um/px", patches_on_tissue=len(coords),
                tissue_s=round(tissue_s, 3), big_slide=f"{bw}x{bh} @ 0.25 um/px", big_patches=len(big_coords),
-               big_tissue_s=round(big_s, 3))
+               big_tissue_s=round(big_s, 3), big_brightfield_check_s=round(big_bf, 4))
 
     # --- reading + preprocessing alone ---
     feats_cfg = config.Features(num_workers=args.workers, batch_size=args.batch_size,
@@ -157,6 +193,20 @@ def main() -> int:
     naive_read = rate(n, time.perf_counter() - t0)
     fig.update(read_patches=len(read_coords), fast_read_pps=round(fast_read, 1), naive_read_pps=round(naive_read, 1),
                read_ratio=round(fast_read / naive_read, 2))
+
+    # --- tile integrity check vs reading ---
+    cost = integrity_cost(slide_path, read_coords, geo, feats_cfg, args.check_rounds)
+    fig.update({f"check_{k}": v for k, v in cost.items()})
+    if args.check_slide:
+        own = Path(args.check_slide)
+        with Slide.open(own, config.SlideReading(), sheet_mpp=args.check_mpp) as slide:
+            own_geo = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching)
+            rgb, scale = slide.image_at(params.thumbnail_mpp)
+            res = detect_tissue(rgb, (slide.mpp.x / scale[0], slide.mpp.y / scale[1]), params)
+            own_coords = patch_grid(res.mask, scale, slide.dimensions, own_geo.patch_size_level0,
+                                    patching.min_tissue_fraction)
+        own_cost = integrity_cost(own, own_coords, own_geo, feats_cfg, args.check_rounds)
+        fig.update({"check_slide": own.name, **{f"check_slide_{k}": v for k, v in own_cost.items()}})
 
     # --- full extraction, ResNet50-trunc ---
     enc_cfg = config.Encoder(pretrained=False)
@@ -210,7 +260,8 @@ def main() -> int:
 
     # --- report ---
     targets = {"tissue detection of the big slide < 2 s": big_s < 2.0,
-               "reading + preprocessing >= 3x naive": fast_read >= 3 * naive_read}
+               "reading + preprocessing >= 3x naive": fast_read >= 3 * naive_read,
+               "tile integrity check < 5% of reading": cost["check_pct_of_read"] < 5}
     if cuda:
         targets["end to end >= 3000 patches/s on the GPU"] = fast_ext >= 3000
         targets["end to end >= 8000 patches/s with GPU decoding"] = med["gpu_decode"] >= 8000

@@ -39,6 +39,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("paper", "healnet.commands.paper", "the paper's tables and figures: per-cohort evaluation, Tables 1-2, uplift"),
     ("km-plot", "healnet.commands.km_plot", "Kaplan-Meier curves of predicted low/high-risk groups per cohort"),
     ("report-table", "healnet.commands.report_table", "TSV tables as HTML pages for the Snakemake report"),
+    ("versions", "healnet.commands.versions", "the installed stack against requirements.lock: a table, or --check"),
+    ("env-yaml", "healnet.commands.env_yaml", "write envs/healnet.yaml (the rules' conda env) from requirements.lock"),
 ]
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,19 +1,39 @@
-"""Atomic writes: an interrupted job never leaves a file that looks complete."""
+"""File helpers: atomic writes (an interrupted job never leaves a file that looks complete), and
+reads cached while a file is unchanged."""
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import shutil
 import uuid
+import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary siblings (`.{name}.tmp-*`) that an earlier, killed write of `path` left.
+    Called when `path` is written again: one job writes one output (Snakemake's contract), so a
+    sibling of the output being written now belongs to a writer that is gone."""
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    for tmp in stale:
+        log.warning("removing %s, left by an interrupted write of %s", tmp, path.name)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager
@@ -21,10 +41,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
     Works for files and directories (e.g. Zarr stores). The sibling lives in the same folder so
-    the final rename is atomic on POSIX file systems.
+    the final rename is atomic on POSIX file systems. Siblings left by a killed earlier write of the
+    same output are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = _temp_sibling(path)
     try:
         yield tmp
@@ -64,3 +86,29 @@ def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.Dat
     if dup:
         raise ValueError(f"{what} {path}: patient(s) listed twice: {dup[:10]}; regenerate it with `healnet {rule}`")
     return df
+
+
+T = TypeVar("T")
+
+
+def cached_while_unchanged(read: Callable[[str | Path], T]) -> Callable[[str | Path], T]:
+    """Cache `read(path)` per process, keyed by the file's path, modification time and size.
+
+    For tables the workflow consults once per job (sample sheets, GDC manifests): one read per
+    process instead of one per job, and a file rewritten by a checkpoint is read again.
+    """
+
+    @functools.lru_cache(maxsize=64)
+    def cached(path: str, mtime_ns: int, size: int) -> T:
+        return read(path)
+
+    @functools.wraps(read)
+    def wrapper(path: str | Path) -> T:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return read(path)  # raises the reader's own, clearer error
+        return cached(str(path), st.st_mtime_ns, st.st_size)
+
+    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return wrapper

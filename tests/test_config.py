@@ -56,7 +56,7 @@ def test_extra_configfile_merges_recursively(repo, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("cohorts:\n  blca:\n    clinical_omics: t.csv.zip\ntraining:\n  epochs: 3\n")
     cfg = load_config(repo / "config.yaml", extra)
-    assert set(cfg.cohorts) == {"demo", "blca"}  # added, not replaced
+    assert {"demo", "blca", "brca"} <= set(cfg.cohorts)  # added, not replaced
     assert cfg.training.epochs == 3
     assert cfg.training.lr == load_config(repo / "config.yaml").training.lr  # siblings kept
     assert merge_into({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
@@ -116,3 +116,11 @@ def test_workflow_accepts_added_cohort(repo, tmp_path):
     extra.write_text(f"cohorts:\n  extra:\n    clinical_omics: {tmp_path}/t.csv\n")
     result = _snakemake(repo, "-n", "--configfile", str(extra), "--list-target-rules")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_target_read_as_configfile_gets_the_corrected_command():
+    from healnet.config import targets_given_as_configfiles
+
+    assert targets_given_as_configfiles(["my.yaml", "extra.yml", "c.json"]) is None
+    msg = targets_given_as_configfiles(["my.yaml", "results/blca/cindex.tsv"])
+    assert "`snakemake results/blca/cindex.tsv --configfile my.yaml`" in msg and "--configfile=my.yaml" in msg

@@ -506,10 +506,10 @@ def test_snakemake_builds_cohort_from_gdc(server, slides, repo, shared_data, tmp
     }
     (tmp_path / "gdc.yaml").write_text(yaml.safe_dump(extra))
 
-    # Without a manifest the sheet cannot be planned: the error names the command to run.
-    first = _snakemake(tmp_path, repo, "data/gdctest/slides.tsv")
-    assert first.returncode != 0
-    assert "snakemake --cores 1 data/gdctest/gdc_manifest.tsv" in first.stdout + first.stderr
+    # The manifest is part of the DAG: a dry run plans it before anything it decides.
+    first = _snakemake(tmp_path, repo, "data/gdctest/slides.tsv", "-n")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "checkpoint gdc_manifest:" in first.stdout and "gdc_download" not in first.stdout
 
     built = _snakemake(tmp_path, repo, "data/gdctest/gdc_manifest.tsv")
     assert built.returncode == 0, built.stdout + built.stderr
@@ -540,6 +540,14 @@ def test_snakemake_builds_cohort_from_gdc(server, slides, repo, shared_data, tmp
     (tmp_path / "gdc.yaml").write_text(yaml.safe_dump(extra))
     again = _snakemake(tmp_path, repo, "-n", *targets)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout
+
+    # The manifest is pinned: reused as is, rebuilt (as a tracked param) when its query changes.
+    extra["cohorts"]["gdctest"]["gdc_max_files"] = 2
+    (tmp_path / "gdc.yaml").write_text(yaml.safe_dump(extra))
+    changed = _snakemake(tmp_path, repo, "-n", "data/gdctest/slides.tsv")
+    assert changed.returncode == 0 and "checkpoint gdc_manifest:" in changed.stdout, changed.stdout + changed.stderr
+    del extra["cohorts"]["gdctest"]["gdc_max_files"]
+    (tmp_path / "gdc.yaml").write_text(yaml.safe_dump(extra))
 
     # The downloaded slide reads like any other, and goes through the WSI stage like any other.
     from healnet.config import SlideReading

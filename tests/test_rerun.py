@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.metadata as md
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -102,13 +104,26 @@ def sheet(workdir: Path) -> pd.DataFrame:
     return pd.read_csv(workdir / "data/demo/slides.tsv", sep="\t")
 
 
+def mirrored_copy(src: Path, dst: Path) -> None:
+    """`src`'s pixels, mirrored left-right, written as a new generic TIFF at `dst`: a slide of its own
+    (a byte copy would be one file under two slide ids, which the sample sheet check rejects)."""
+    import openslide
+
+    from healnet.demo.slides import write_slide
+
+    with openslide.OpenSlide(str(src)) as slide:
+        rgb = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+        mpp = float(slide.properties["openslide.mpp-x"])
+    write_slide(dst, np.ascontiguousarray(rgb[:, ::-1]), "tiff", mpp)
+
+
 def replace_slide(work: Path) -> str:
-    """Write another slide's pixels over the first generic-TIFF slide: new content, new mtime."""
+    """Write another slide's pixels (mirrored) over the first generic-TIFF slide: new content, new mtime."""
     rows = sheet(work)
     tiffs = rows[rows["path"].str.endswith(".tiff")]
     target, other = tiffs["slide_id"].iloc[0], tiffs["path"].iloc[1]
     time.sleep(1.1)  # a new modification time even on coarse file systems
-    shutil.copyfile(work / other, work / rows.set_index("slide_id").loc[target, "path"])
+    mirrored_copy(work / other, work / rows.set_index("slide_id").loc[target, "path"])
     return target
 
 
@@ -209,7 +224,7 @@ def test_added_slide_runs_only_the_new_slides_chain_then_training(work):
     case = rows["case_id"].value_counts().index[-1]  # a patient with one slide gets a second
     new_id = f"{case}-DX9"
     new_path = f"data/demo/slides/{new_id}.tiff"
-    shutil.copyfile(work / src["path"], work / new_path)
+    mirrored_copy(work / src["path"], work / new_path)
     added = pd.concat([rows, pd.DataFrame([{"case_id": case, "slide_id": new_id, "path": new_path}])])
     added.to_csv(work / "data/demo/slides.tsv", sep="\t", index=False)
     plan = pending(work)
@@ -296,6 +311,9 @@ def test_report_contains_qc_tables_km_and_attention(work):
     assert "<table" in cindex and "healnet" in cindex and f"{table['cindex'].iloc[0]:.4g}" in cindex
     assert "<table" in report_entry(html, "cindex_missing.html").decode()
     assert "log-rank" in html and "p_value" in report_entry(html, "km_logrank.html").decode()
+    # the stack evaluate ran with (results/demo/versions.tsv, beside cindex.tsv)
+    versions = report_entry(html, "versions.html").decode()
+    assert "<table" in versions and f"<td>{md.version('torch')}</td>" in versions and "Software" in html
     qc = report_entry(html, "slides_qc.html").decode()
     assert all(s in qc for s in slides) and "n_patches" in qc
     heatmaps = pd.read_csv(work / "results/demo/inspect/index.tsv", sep="\t")
@@ -306,3 +324,60 @@ def test_report_contains_qc_tables_km_and_attention(work):
                  "Tissue detection of one slide", "healnet-pipeline: from whole-slide"):
         assert text in html, text
     assert re.search(r"Kaplan-Meier curves of cohort .{0,20}demo", html)
+
+
+# --- every snakemake command the docs show, as written ---
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "profiles/slurm/README.md"]
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for each `snakemake ...` line of a fenced code block in the user docs."""
+    found = []
+    for doc in DOCS:
+        fenced = False
+        for line in doc.read_text().splitlines():
+            if line.strip().startswith("```"):
+                fenced = not fenced
+                continue
+            command = line.strip().removeprefix("$ ").split("  #")[0].strip()
+            if fenced and command.startswith("snakemake "):
+                found.append((doc.relative_to(REPO).as_posix(), command))
+    return list(dict.fromkeys(found))
+
+
+def test_docs_show_snakemake_commands():
+    commands = [c for _, c in documented_commands()]
+    assert len(commands) >= 15, commands  # the parser still finds them
+    assert "snakemake --cores 8 results/blca/cindex.tsv" in commands  # the used-by command
+
+
+def test_every_documented_snakemake_command_runs_as_written(work):
+    """Each command from the user's shell in a checkout (no -s, no --directory, no activated venv):
+    a dry run (`-n` appended), or for real where it runs no job (`--report`, `--unlock`) on the finished
+    demo. Placeholders take the demo's values; a report of another cohort is built for the demo."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    from healnet.config import merge_into
+
+    (work / "config.yaml").write_text(yaml.safe_dump(merge_into(config, yaml.safe_load((work / "tiny.yaml").read_text()))))
+    for name in ("workflow", "profiles"):
+        (work / name).symlink_to(REPO / name)
+    (work / "my_cohorts.yaml").write_text(yaml.safe_dump({"cohorts": {  # the docs' examples of my_cohorts.yaml
+        "mine": {"slides": "data/demo/slides.tsv", "clinical_omics": "data/demo/clinical_omics.csv"},
+        "blca_try": {"gdc_project": "TCGA-BLCA", "gdc_max_files": 10},
+    }}))
+    (work / "extra.yaml").write_text(yaml.safe_dump({"paper": {"cohorts": ["blca", "brca", "kirp", "ucec"]}}))
+    slide = sheet(work)["slide_id"].iloc[0]
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = f"{BIN}:/usr/bin:/bin"  # `snakemake` found as typed; `healnet` is not on PATH
+    failures = []
+    for doc, command in documented_commands():
+        argv = shlex.split(command.replace("<slide_id>", slide).replace("<encoder>", ENCODER))
+        if "--report" in argv:
+            argv = [a.replace("blca", "demo") for a in argv]
+        elif "--unlock" not in argv:
+            argv.append("-n")
+        result = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=300, env=env)
+        if result.returncode != 0:
+            failures.append(f"{doc}: {command}\n{(result.stdout + result.stderr)[-1500:]}")
+    assert not failures, "\n\n".join(failures)

@@ -9,7 +9,8 @@ How the test adapts the profile to this machine, all on the command line (the pr
 as a user would use it):
 - the node has no GPU, so the profile's GPU rules get `gpu: 0` (sbatch --gpus=1 would be refused
   with "Invalid generic resource (gres) specification"); their other set-resources are kept;
-- `--max-threads` = the node's CPUs, since SLURM refuses a job asking for more CPUs than a node has;
+- `--max-threads` and `--cores` = the node's CPUs, since SLURM refuses a job (or group job) asking for
+  more CPUs than a node has;
 - `--slurm-init-seconds-before-status-checks 2`: short jobs, so poll early.
 """
 
@@ -55,29 +56,40 @@ TINY = {
     "splits": {"n_folds": 2},
     "training": {"epochs": 1},
 }
-SLIDE = "DEMO-0001-DX1"
-# Default run: one slide's chain (tissue, patches and the GPU rule features) plus the omics stage,
-# 7 SLURM jobs; both runs take ~2.5 min on 2 busy cores. The whole DAG to cindex.tsv (20 SLURM jobs,
-# ~5 min for both runs) runs with HEALNET_SLURM_FULL=1.
+SLIDES = [f"DEMO-000{i}-DX1" for i in range(1, 5)]
+# Default run: every slide's chain (tissue, patches and the GPU rule features), the slide table and
+# the omics stage. The profile groups the slides' short rules into one `slide_prep` job and their
+# features into one `slide_features` job, so 7 SLURM jobs instead of 16 (3 per slide + 4).
 QUICK_TARGETS = [
-    f"results/demo/features/tiny/{SLIDE}.zarr",
+    "results/demo/qc/slides.tsv",
     "results/demo/omics.tsv.gz",
     "results/demo/splits/fold0.tsv",
 ]
-QUICK_RULES = {"demo_cohort", "tissue", "patches", "features", "omics", "labels", "splits"}
+QUICK_SUBMISSIONS = {
+    "demo_cohort": 1,
+    "slide_prep_patches_tissue": 1,  # tissue + patches of all 4 slides
+    "slide_features_features": 1,  # features of all 4 slides
+    "slides_qc": 1,
+    "omics": 1,
+    "labels": 1,
+    "splits": 1,
+}
 QUICK_COMPARED = [
     "data/demo/slides.tsv",
     "data/demo/clinical_omics.csv",
     "data/demo/truth.tsv",
-    f"results/demo/tissue/{SLIDE}.geojson",
+    "results/demo/qc/slides.tsv",
+    *[f"results/demo/tissue/{s}.geojson" for s in SLIDES],
     "results/demo/labels.tsv",
     "results/demo/splits/fold0.tsv",
 ]
 FULL_TARGETS = ["results/demo/cindex.tsv"]
-FULL_RULES = QUICK_RULES | {"train", "evaluate"}
+FULL_SUBMISSIONS = {**QUICK_SUBMISSIONS, "splits": 2, "train": 2, "evaluate": 1}
+del FULL_SUBMISSIONS["slides_qc"]
 FULL_COMPARED = ["results/demo/cindex.tsv", "results/demo/cindex_missing.tsv"]
 
-SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: .*?/rule_(\w+?)/")
+# A rule's job logs under rule_<rule>/, a group job's under group_<group>_<rules>/.
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: .*?/(?:rule|group)_(\w+?)/")
 
 
 def profile_config() -> dict:
@@ -106,7 +118,12 @@ def test_profile_parses_with_snakemake_and_the_slurm_plugin():
     # Feature extraction and training ask for a GPU, with a longer time limit than the default.
     for rule in ("features", "train"):
         assert args.set_resources[rule]["gpu"].value == 1
-        assert args.set_resources[rule]["runtime"].value > args.default_resources["runtime"].value
+    assert args.set_resources["train"]["runtime"].value > args.default_resources["runtime"].value
+    # Per-slide rules run k slides to a job: their runtime is per slide, the group job's the sum.
+    assert args.set_resources["features"]["runtime"].value <= 30
+    assert args.groups == {"tissue": "slide_prep", "patches": "slide_prep", "features": "slide_features"}
+    assert args.group_components == {"slide_prep": 50, "slide_features": 20}
+    assert args.set_resource_scopes["gpu"] == "local"  # a group job holds one GPU; many run at once
 
 
 def test_profile_default_resources_survive_the_workflow_profile():
@@ -311,6 +328,8 @@ def _local_and_slurm_runs(tmp_path: Path, targets: list[str]) -> tuple[Path, Pat
         *_gpu_overrides(has_gpu),
         "--max-threads",
         str(cpus),
+        "--cores",  # a group job asks for at most this many CPUs (the profile's 8 are more than this node has)
+        str(cpus),
         "--slurm-init-seconds-before-status-checks",
         "2",
         *targets,
@@ -323,16 +342,16 @@ def _local_and_slurm_runs(tmp_path: Path, targets: list[str]) -> tuple[Path, Pat
     return local, cluster, output
 
 
-def _assert_ran_on_slurm(output: str, rules: set[str]) -> None:
-    """Exactly these rules went through sbatch, and accounting lists each job COMPLETED, exit 0."""
+def _assert_ran_on_slurm(output: str, submissions: dict[str, int]) -> None:
+    """Exactly these sbatch submissions (rule or group -> count), each COMPLETED, exit 0, in accounting."""
     submitted = {job_id: rule for job_id, rule in SUBMITTED.findall(output)}
-    ran = set(submitted.values())
-    assert ran == rules, f"rules run as SLURM jobs: {sorted(ran)}, expected {sorted(rules)}"
+    counts = {rule: list(submitted.values()).count(rule) for rule in set(submitted.values())}
+    assert counts == submissions, f"sbatch submissions per rule/group: {counts}, expected {submissions}"
     states = _sacct(list(submitted))
     assert set(states) == set(submitted), f"sacct does not list all submitted jobs: {states}"
     for job_id, (state, exit_code, comment) in states.items():
         assert (state, exit_code) == ("COMPLETED", "0:0"), f"SLURM job {job_id}: {state} {exit_code}"
-        # The plugin puts the rule name (and wildcards) in the job's comment.
+        # The plugin puts the rule (or group) name, and wildcards, in the job's comment.
         assert comment.startswith(f"rule_{submitted[job_id]}"), (job_id, comment)
 
 
@@ -348,15 +367,16 @@ def test_tiny_demo_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     from healnet.wsi.store import read_feature_store
 
     local, cluster, output = _local_and_slurm_runs(tmp_path, QUICK_TARGETS)
-    _assert_ran_on_slurm(output, QUICK_RULES)
+    _assert_ran_on_slurm(output, QUICK_SUBMISSIONS)
     _assert_same_files(local, cluster, QUICK_COMPARED)
 
-    store = f"results/demo/features/tiny/{SLIDE}.zarr"
-    a, b = read_feature_store(local / store), read_feature_store(cluster / store)
-    assert a.status == b.status == "ok"
-    assert a.features.shape[0] > 0 and a.features.shape[1] == 64
-    np.testing.assert_array_equal(b.coords, a.coords)
-    np.testing.assert_array_equal(b.features, a.features)
+    for slide in SLIDES:
+        store = f"results/demo/features/tiny/{slide}.zarr"
+        a, b = read_feature_store(local / store), read_feature_store(cluster / store)
+        assert a.status == b.status == "ok"
+        assert a.features.shape[0] > 0 and a.features.shape[1] == 64
+        np.testing.assert_array_equal(b.coords, a.coords)
+        np.testing.assert_array_equal(b.features, a.features)
     # omics.tsv.gz: gzip headers carry a timestamp, so compare the table.
     omics = "results/demo/omics.tsv.gz"
     pd.testing.assert_frame_equal(load_omics(cluster / omics), load_omics(local / omics))
@@ -371,7 +391,7 @@ def test_tiny_demo_on_slurm_equals_local_run(slurm_cluster, tmp_path):
 def test_tiny_demo_cindex_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     """Same seed, same machine: cindex.tsv built through SLURM equals the local one."""
     local, cluster, output = _local_and_slurm_runs(tmp_path, FULL_TARGETS)
-    _assert_ran_on_slurm(output, FULL_RULES)
+    _assert_ran_on_slurm(output, FULL_SUBMISSIONS)
     _assert_same_files(local, cluster, FULL_COMPARED)
     cindex = pd.read_csv(cluster / "results/demo/cindex.tsv", sep="\t")
     assert set(cindex["fold"].astype(str)) >= {"0", "1", "mean", "std"}

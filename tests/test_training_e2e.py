@@ -81,6 +81,7 @@ def cohort(tmp_path_factory, shared_data):
         "--labels", str(root / "labels.tsv"), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
         "--sheet", str(root / "slides.tsv"), "--cindex", str(root / "cindex.tsv"),
         "--missing", str(root / "cindex_missing.tsv"), "--inspect", str(root / "inspect"),
+        "--versions", str(root / "versions.tsv"),
         "--params", json.dumps({"inspect_top_features": 3}), "--training", json.dumps(TRAINING),
     ])
     assert rc == 0
@@ -110,6 +111,18 @@ def test_cindex_table(cohort):
     assert table["cindex"].between(0, 1).all() and table["ibs"].iloc[:4].between(0, 1).all()
     # the planted signal is learned by the multimodal model
     assert rows.loc[("healnet", "mean"), "cindex"] > 0.6
+
+
+def test_versions_beside_cindex_record_the_stack(cohort):
+    """evaluate writes the stack it ran with: torch as installed, the device it used, lock status."""
+    import importlib.metadata as md
+    import platform
+
+    table = pd.read_csv(cohort / "versions.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("package")
+    assert table.loc["torch", "version"] == md.version("torch")
+    assert table.loc["python", "version"] == platform.python_version()
+    assert table.loc["device", "version"] == "cpu" and table.loc["python", "status"] == "runtime"
+    assert table.loc["torch", "status"] in {"locked", "differs"} and table.loc["torch", "locked"] == "2.14.1"
 
 
 def test_cindex_missing_scenarios(cohort):

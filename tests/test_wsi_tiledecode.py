@@ -158,3 +158,11 @@ def test_corrupt_tile_is_a_slide_error(slide40, tmp_path):
     with pytest.raises(SlideError, match="JPEG tile decoding failed"):
         for _ in iter_device_patches(str(path), coords, geo, FEATURES, plan):
             pass
+    # Patches on the corrupt tile dropped (as `healnet patches` does, issue 17): the region's box still
+    # covers the tile, but only tiles under a patch are read, so the slide reads as on the CPU path.
+    keep = ~((coords[:, 1] == 0) & np.isin(coords[:, 0], [896, 1344]))  # tile 5: x 1280-1536, y 0-256
+    got = np.zeros((keep.sum(), 224, 224, 3), np.uint8)
+    for idx, batch in iter_device_patches(str(path), coords[keep], geo, FEATURES, plan):
+        got[idx] = batch.numpy()
+    for idx, batch in iter_patches(str(slide40[0]), coords[keep], geo, FEATURES):  # the intact file
+        assert np.array_equal(got[idx], batch)

@@ -109,3 +109,72 @@ def test_cmu_patch_grid_within_tissue(shared_data, tmp_path):
     mask = T.mask_from_polygons(T.polygons_from_geojson(data, scale), (round(2967 / 8), round(2220 / 8)))
     fracs = [mask[round(y / 8): round((y + 224) / 8), round(x / 8): round((x + 224) / 8)].mean() for x, y in c]
     assert min(fracs) >= 0.45
+
+
+# --- brightfield check -------------------------------------------------------------------------------
+
+def test_fluorescence_slide_fails_brightfield_check(shared_data, tmp_path):
+    """The real DAPI NDPI (nuclei on black): status failed with the measured reason, no polygons, the QC
+    picture shows the dark thumbnail, the swatches and the reason; the patches stage passes it on."""
+    slide = shared_data / "slides/test3-DAPI-2-387.ndpi"
+    reading, tissue, patching = config.SlideReading(), config.Tissue(), config.Patching()
+    meta = run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png", reading, tissue, patching)
+    assert meta["status"] == "failed"
+    assert meta["reason"].startswith("not a brightfield slide: dark background (grey 10 where the slide is least "
+                                     "coloured < tissue.min_background_grey 100")
+    assert meta["brightfield"]["background_grey"] == 10.0 and meta["mpp"] == pytest.approx(0.2282, abs=1e-4)
+    data = T.read_tissue_geojson(tmp_path / "d.geojson")
+    assert data["features"] == [] and data["healnet"]["status"] == "failed"
+    qc = cv2.cvtColor(cv2.imread(str(tmp_path / "d.png")), cv2.COLOR_BGR2RGB)
+    assert qc.shape[1] >= 480 and qc[40:400, 10:400].mean() < 40  # the thumbnail itself: black background
+    assert (qc[-60:, :, 0] > 150).any() and (qc[-60:, :, 2] < 60).any()  # the red reason under it
+    attrs = run_patches(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.zarr", reading, patching)
+    assert attrs["status"] == "failed" and attrs["reason"] == meta["reason"]
+    assert len(read_patch_store(tmp_path / "d.zarr").coords) == 0
+
+
+def test_fluorescence_option_detects_signal_on_black(shared_data, tmp_path):
+    """tissue.slide_type: fluorescence: no brightfield check; tissue is brightness above the dark
+    background (triangle threshold). The DAPI section fills most of its 0.9 x 1.1 mm field."""
+    slide = shared_data / "slides/test3-DAPI-2-387.ndpi"
+    tissue = config.Tissue(slide_type="fluorescence")
+    meta = run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png", config.SlideReading(), tissue,
+                      config.Patching())
+    assert meta["status"] == "ok" and "brightfield" not in meta
+    assert 0.6 < meta["tissue_mm2"] < 0.9 and meta["n_patches_preview"] > 40
+
+
+def test_fail_mode_stops_on_a_fluorescence_slide(shared_data, tmp_path):
+    slide = shared_data / "slides/test3-DAPI-2-387.ndpi"
+    with pytest.raises(RuntimeError, match=r"test3-DAPI-2-387.ndpi.*not a brightfield slide.*"
+                                           r"tissue.slide_type: fluorescence"):
+        run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png",
+                   config.SlideReading(on_slide_error="fail"), config.Tissue(), config.Patching())
+    assert not (tmp_path / "d.geojson").exists()
+
+
+def test_brightfield_check_on_stain_colour():
+    """Green tissue on light glass (FITC-like colours, or a slide read with swapped channels) fails the
+    colour half of the check; H&E, a slide fully covered by tissue, and blank glass pass."""
+    rgb, _ = scene(8.0)
+    params = config.Tissue()
+    good = T.check_brightfield(rgb, params)
+    assert good.problem == "" and good.background_grey > 200 and 0.03 < good.offstain_fraction < 0.1  # the pen
+    green = rgb[..., [1, 0, 1]]  # pink/purple -> green (glass stays grey)
+    bad = T.check_brightfield(green, params)
+    assert bad.background_grey > 200 and bad.offstain_fraction > 0.9
+    assert bad.problem.startswith("stain colour far from H&E/IHC (") and "green/cyan" in bad.problem
+    assert T.check_brightfield(green, config.Tissue(max_offstain_fraction=1.0)).problem == ""
+    full = he_image(300, 200, 8.0, np.ones((200, 300), bool))
+    assert T.check_brightfield(full, params).problem == ""
+    assert T.check_brightfield(he_image(300, 200, 8.0, np.zeros((200, 300), bool)), params).problem == ""
+    dark = T.check_brightfield(255 - rgb, params)  # an inverted (dark-field) image
+    assert dark.problem.startswith("dark background")
+
+
+def test_good_slide_passes_brightfield_check(shared_data, tmp_path):
+    """The real H&E slides keep their results: the check passes with light glass."""
+    meta = run_tissue(str(shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs"), "tcga", tmp_path / "t.geojson",
+                      tmp_path / "t.png", config.SlideReading(), config.Tissue(), config.Patching(), mpp=0.3)
+    assert meta["status"] == "ok" and meta["brightfield"]["background_grey"] == 255.0
+    assert meta["brightfield"]["offstain_fraction"] == 0.0 and meta["tissue_mm2"] == pytest.approx(0.90, abs=0.01)

@@ -22,7 +22,7 @@ import requests
 
 from healnet.acquire.http import RetryPolicy, download, request_json
 from healnet.config import Gdc
-from healnet.io import write_text, write_tsv
+from healnet.io import cached_while_unchanged, write_text, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,12 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if len(dup):
         raise ValueError(f"GDC manifest {path}: file name(s) listed twice: {sorted(set(dup))}; rebuild it")
     return manifest
+
+
+@cached_while_unchanged
+def indexed_manifest(path: str | Path) -> dict[str, dict]:
+    """{file_name: row} of a manifest, read once per process while the file is unchanged."""
+    return {r["file_name"]: r for r in read_manifest(path).to_dict("records")}
 
 
 def read_manifest_query(path: str | Path) -> ManifestQuery | None:

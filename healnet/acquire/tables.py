@@ -101,7 +101,9 @@ def resolve_cohort_downloads(name: str, cohort: "Cohort") -> None:
     A `clinical_omics`/`splits` path set in the config is used as is: nothing is downloaded for it.
     """
     where = f"cohorts.{name}"
-    if cohort.gdc_project:
+    if not cohort.wsi:
+        cohort.slides = None  # omics only: no sample sheet, so no slide is listed, fetched or read
+    elif cohort.gdc_project:
         sheet = gdc_sheet_path(name)
         if cohort.slides is None:
             cohort.slides = sheet
@@ -110,6 +112,7 @@ def resolve_cohort_downloads(name: str, cohort: "Cohort") -> None:
                 f"{where}: a GDC cohort's sample sheet is built at {sheet}, not {cohort.slides!r}; "
                 f"remove `slides` (or remove `gdc_project` to use your own sample sheet)"
             )
+    if cohort.gdc_project:
         pinned = PORPOISE.get(cohort.gdc_project)
         if pinned is not None:
             table_url, splits_url = porpoise_urls(cohort.gdc_project)

@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", required=True, help="output cindex_missing.tsv")
     p.add_argument("--inspect", help="output folder of attention heatmaps and top omic features")
     p.add_argument("--params", help="config section `evaluation` as JSON")
+    p.add_argument("--versions", help="output versions.tsv: the software stack this evaluation ran with")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,5 +55,9 @@ def run(args: argparse.Namespace) -> None:
     cohort, device = open_cohort(args)
     table = evaluate_cohort(args.models, args.models_dir, cohort, parse_params(args.params, Evaluation),
                             args.cindex, args.missing, args.inspect, device=device)
+    if args.versions:  # beside cindex.tsv, so the table can be traced to its software
+        from healnet.stack import write_versions
+
+        write_versions(args.versions, device=device)
     summary = table[table["fold"] == "mean"][["model", "cindex", "cindex_td", "ibs"]]
     print(summary.to_string(index=False))

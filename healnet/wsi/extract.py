@@ -79,7 +79,14 @@ def read_region_patches(slide: Slide, coords: np.ndarray, geometry: PatchGeometr
     offsets = np.round((coords - (x0, y0)) / ds).astype(np.int64)  # patch positions in level px
     w, h = (offsets.max(axis=0) + read).tolist()
     # OpenSlide returns transparent pixels (white here) past the slide edge, so no clipping is needed.
-    region = slide.read((int(x0), int(y0)), geometry.level, (int(w), int(h)))
+    try:
+        region = slide.read((int(x0), int(y0)), geometry.level, (int(w), int(h)))
+    except SlideError:
+        if len(coords) == 1:
+            raise
+        # The region's box may hold a tile under none of its patches that does not decode (a corrupt
+        # tile whose patches were dropped, healnet/wsi/integrity.py): read patch by patch instead.
+        return np.concatenate([read_region_patches(slide, coords[i:i + 1], geometry) for i in range(len(coords))])
     out = np.empty((len(coords), size, size, 3), np.uint8)
     for i, (ox, oy) in enumerate(offsets):
         out[i] = area_resize(region[oy:oy + read, ox:ox + read], (size, size))

@@ -12,11 +12,12 @@ from healnet.wsi.store import read_store_attrs
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches"]
+COLUMNS = ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches", "corrupt_tiles"]
 
 
 def slides_table(sheet_path: str | Path, stores: list[str | Path]) -> pd.DataFrame:
-    """Status, reason, mpp, tissue area and patch count of every slide, from its feature store attrs."""
+    """Status, reason, mpp, tissue area, patch count and corrupt tiles of every slide, from its feature
+    store attrs."""
     sheet = read_sample_sheet(sheet_path, check_files=False)
     by_id = {Path(p).name.removesuffix(".zarr"): Path(p) for p in stores}
     missing = [s for s in sheet["slide_id"] if s not in by_id]
@@ -32,6 +33,7 @@ def slides_table(sheet_path: str | Path, stores: list[str | Path]) -> pd.DataFra
             "slide_id": slide_id, "case_id": case_id, "status": attrs.get("status"),
             "reason": attrs.get("reason") or "", "mpp": attrs.get("mpp"),
             "tissue_mm2": attrs.get("tissue_mm2"), "n_patches": int(attrs.get("n_patches") or 0),
+            "corrupt_tiles": int(attrs.get("corrupt_tiles") or 0),  # their boxes: the store's attrs
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
     counts = table["status"].value_counts().to_dict()

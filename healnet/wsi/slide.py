@@ -247,6 +247,7 @@ class Slide:
                 "check that the file is complete (re-download it) and in a format OpenSlide reads "
                 "(https://openslide.org/formats/); convert it or drop it from the sample sheet",
             ) from None
+        self.cache_mb = cache_mb
         if cache_mb:
             self.osr.set_cache(openslide.OpenSlideCache(cache_mb * 1024 * 1024))
         self.mpp = mpp
@@ -292,6 +293,16 @@ class Slide:
                  slide.properties.get("openslide.vendor", "?"))
         return slide
 
+    def _reopen(self) -> None:
+        """A fresh OpenSlide handle: after a read error OpenSlide refuses every later call on the handle,
+        and a caller may still read the slide's good regions (extract.read_region_patches does)."""
+        import openslide
+
+        self.osr.close()
+        self.osr = openslide.OpenSlide(str(self.path))
+        if self.cache_mb:
+            self.osr.set_cache(openslide.OpenSlideCache(self.cache_mb * 1024 * 1024))
+
     def close(self) -> None:
         if self.tiles is not None:
             self.tiles.close()
@@ -320,6 +331,8 @@ class Slide:
                 return self.tiles.read(level, int(round(x / ds)), int(round(y / ds)), w, h)
             region = self.osr.read_region((x, y), level, (w, h))
         except (openslide.OpenSlideError, ValueError, RuntimeError, OSError) as err:
+            if isinstance(err, openslide.OpenSlideError):
+                self._reopen()
             raise SlideError(
                 self.path, f"read failed at level {level}, {location} ({type(err).__name__}: {err}): corrupt or "
                 "truncated image data", "re-download or re-export the slide, or drop it from the sample sheet",

@@ -1,7 +1,7 @@
 """The three per-slide WSI stages, as the CLI (and so the Snakemake rules) runs them.
 
 Each stage always writes its outputs. A bad slide (unreadable, truncated, corrupt tile, no mpp, too
-coarse) is a SlideError: with `on_slide_error: fail` it stops the run with the slide, the cause and
+coarse, not brightfield) is a SlideError: with `on_slide_error: fail` it stops the run with the slide, the cause and
 the fix; with `skip` the outputs carry `status: failed` and the reason, and the next stages pass that
 status on, so the patient is treated as WSI-missing downstream. A slide without tissue is not an error:
 its outputs carry `status: no_tissue`.
@@ -20,6 +20,7 @@ import numpy as np
 from healnet import __version__, config
 from healnet.io import write_text
 from healnet.wsi import tissue as T
+from healnet.wsi.integrity import check_tiles
 from healnet.wsi.patches import patch_geometry, patch_grid
 from healnet.wsi.slide import FAILED, NO_TISSUE, OK, Slide, SlideError
 from healnet.wsi.store import read_patch_store, write_feature_store, write_patch_store
@@ -65,6 +66,18 @@ def run_tissue(
         return meta
 
     um_per_px = (mpp_info.x / scale[0], mpp_info.y / scale[1])
+    if tissue.slide_type == "brightfield":
+        bright = T.check_brightfield(rgb, tissue)
+        meta["brightfield"] = bright.to_dict()
+        if bright.problem:
+            err = SlideError(slide_path, f"not a brightfield slide: {bright.problem}",
+                             "if the cohort is fluorescence and meant to be, set tissue.slide_type: fluorescence "
+                             "(docs/slides.md); otherwise drop the slide from the sample sheet")
+            meta.update(_on_error(err, slide_id, reading), mpp=mpp_info.mean, mpp_source=mpp_info.source,
+                        dimensions=list(dims))
+            write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
+            T.write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
+            return meta
     result = T.detect_tissue(rgb, um_per_px, tissue)
     coords = patch_grid(result.mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
     status, reason = OK, ""
@@ -119,7 +132,7 @@ def run_patches(
     try:
         with Slide(slide_path) as slide:
             geometry = patch_geometry(float(meta["mpp"]), slide.level_downsamples, patching, slide_path)
-            dims = slide.dimensions
+            dims, level_dims = slide.dimensions, slide.level_dimensions
     except SlideError as err:
         attrs.update(_on_error(err, slide_id, reading))
         write_patch_store(output, np.zeros((0, 2), np.int64), attrs)
@@ -129,6 +142,20 @@ def run_patches(
     coords = patch_grid(mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
     status, reason = (OK, "") if len(coords) else (NO_TISSUE, meta.get("reason") or
                                                    "no patch reaches patching.min_tissue_fraction")
+    if len(coords) and reading.on_corrupt_tiles != "ignore":
+        tiles = check_tiles(slide_path, coords, geometry, level_dims)
+        attrs.update(tiles.to_attrs())
+        if tiles.corrupt and reading.on_corrupt_tiles == "fail":
+            err = SlideError(slide_path, tiles.summary(), "re-download or re-export the slide, or set "
+                             "slide_reading.on_corrupt_tiles: drop to drop the patches on those tiles")
+            attrs.update(_on_error(err, slide_id, reading), **geometry.to_dict())
+            write_patch_store(output, np.zeros((0, 2), np.int64), attrs)
+            return attrs
+        if tiles.corrupt:
+            coords = coords[~tiles.bad_patches]
+            reason = f"{int(tiles.bad_patches.sum())} patch(es) dropped: {tiles.summary()}"
+            if not len(coords):
+                status, reason = FAILED, f"every patch is on a corrupt tile: {tiles.summary()}"
     attrs.update(status=status, reason=reason, **geometry.to_dict())
     write_patch_store(output, coords, attrs)
     log.info("slide %s: %d patches of %d px at %.3f um/px (level %d, read %d px, %d level-0 px), status %s",

@@ -145,10 +145,17 @@ def read_region_tiles(tiles: TiffTiles, coords: np.ndarray, geometry: PatchGeome
     region = plan_region(coords, geometry, layout)
     per_row = math.ceil(layout.width / layout.tile_w)
     rows = math.ceil(layout.height / layout.tile_h)
+    # Only tiles under a patch are read: the region's box may hold a corrupt tile whose patches were
+    # dropped (healnet/wsi/integrity.py); a tile under no patch stays white and unused.
+    used = np.zeros((region.ny, region.nx), bool)
+    for x, y in region.positions.tolist():
+        used[y // layout.tile_h:(y + geometry.read_size - 1) // layout.tile_h + 1,
+             x // layout.tile_w:(x + geometry.read_size - 1) // layout.tile_w + 1] = True
     streams = []
     for ty in range(region.ty0, region.ty0 + region.ny):
         for tx in range(region.tx0, region.tx0 + region.nx):
-            raw = tiles.raw_tile(layout.level, ty * per_row + tx) if tx < per_row and ty < rows else b""
+            wanted = tx < per_row and ty < rows and used[ty - region.ty0, tx - region.tx0]
+            raw = tiles.raw_tile(layout.level, ty * per_row + tx) if wanted else b""
             streams.append(layout.stream(raw) if raw else b"")
     region.data = np.frombuffer(bytearray().join(streams), np.uint8)  # writable: torch shares it as is
     region.lengths = np.array([len(s) for s in streams], np.int64)

@@ -18,9 +18,10 @@ checkpoint demo_cohort:
         "healnet demo-cohort --outdir data/{wildcards.cohort} --params {params.demo:q} --log {log}"
 
 
-# --- GDC: manifest (an explicit step), one download job per slide, then the sample sheet ---
-# `snakemake data/{cohort}/gdc_manifest.tsv` queries the GDC; nothing else runs it (see
-# check_gdc_manifest in common.smk), so a cohort stays the same set of files until rebuilt.
+# --- GDC: manifest, one download job per slide, then the sample sheet ---
+# The manifest is built when missing, then kept: the cohort stays the same set of files until its
+# query (project, cases, max files: tracked params) changes or `--forcerun gdc_manifest` asks.
+# It is a checkpoint: the download jobs are known once it exists (gdc_manifest in common.smk).
 # Downloads run where Snakemake runs, not as cluster jobs: compute nodes often have no internet.
 
 
@@ -32,7 +33,7 @@ localrules:
     fetch_split,
 
 
-rule gdc_manifest:
+checkpoint gdc_manifest:
     output:
         manifest="data/{cohort}/gdc_manifest.tsv",
         query="data/{cohort}/gdc_manifest.json",
@@ -80,7 +81,8 @@ rule gdc_download:
 # The sheet lists downloaded files only, so it is a checkpoint: the slides' jobs appear after it.
 checkpoint gdc_sheet:
     input:
-        gdc_slide_files,
+        manifest=gdc_manifest_input,
+        slides=gdc_slide_files,
     output:
         sheet="data/{cohort}/slides.tsv",
     log:
@@ -89,10 +91,8 @@ checkpoint gdc_sheet:
         cohort=gdc_cohorts_regex(),
     conda:
         "../../envs/healnet.yaml"
-    params:
-        manifest=gdc_manifest_path("{cohort}"),
     shell:
-        "healnet gdc-sheet --manifest {params.manifest} --slides-dir data/{wildcards.cohort}/slides "
+        "healnet gdc-sheet --manifest {input.manifest} --slides-dir data/{wildcards.cohort}/slides "
         "--out {output.sheet} --log {log}"
 
 

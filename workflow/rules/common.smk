@@ -5,9 +5,14 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from healnet.config import ConfigError, parse_config
-from healnet.sheets import read_sample_sheet
+from healnet.config import ConfigError, parse_config, targets_given_as_configfiles
+from healnet.sheets import indexed_sample_sheet
 
+# `snakemake --configfile my.yaml results/x.tsv` reads the target as a config file (Snakemake itself
+# fails first when it does not exist; when it does, it lands here).
+misplaced = targets_given_as_configfiles(workflow.overwrite_configfiles or [])
+if misplaced:
+    raise WorkflowError(misplaced)
 # Friendly check first (names the bad key and the allowed ones), then the JSON schema.
 try:
     CFG = parse_config(
@@ -15,7 +20,8 @@ try:
     )
 except ConfigError as err:
     raise WorkflowError(str(err))
-validate(config, "../schemas/config.schema.yaml")
+# The typed config: `--config` gives nested values as strings ("cohorts={blca: {wsi: false}}").
+validate(CFG.model_dump(mode="json"), "../schemas/config.schema.yaml")
 
 COHORTS = sorted(CFG.cohorts)
 
@@ -48,31 +54,29 @@ def cohort(name):
 def sample_sheet_path(name):
     """The cohort's sample sheet, through the rule that makes it when it is generated."""
     c = cohort(name)
+    if not c.wsi:
+        return None
     if c.synthetic:
         return checkpoints.demo_cohort.get(cohort=name).output.sheet
     if c.gdc_project:
-        check_gdc_manifest(name)
         return checkpoints.gdc_sheet.get(cohort=name).output.sheet
     return c.slides
 
 
 def sample_sheet(name):
-    """The cohort's slides as a DataFrame (empty for an omics-only cohort)."""
-    import pandas as pd
-
+    """The cohort's slides, read once per process (None for an omics-only cohort)."""
     path = sample_sheet_path(name)
-    if path is None:
-        return pd.DataFrame(columns=["case_id", "slide_id", "path", "mpp"])
-    return read_sample_sheet(path)
+    return None if path is None else indexed_sample_sheet(path)
 
 
 def slide_row(wildcards):
-    sheet = sample_sheet(wildcards.cohort).set_index("slide_id")
-    if wildcards.slide not in sheet.index:
+    sheet = sample_sheet(wildcards.cohort)
+    row = sheet.row(wildcards.slide) if sheet is not None else None
+    if row is None:
         raise WorkflowError(
             f"slide {wildcards.slide!r} is not in the sample sheet of cohort {wildcards.cohort!r}"
         )
-    return sheet.loc[wildcards.slide]
+    return row
 
 
 def slide_path(wildcards):
@@ -88,7 +92,8 @@ def slide_mpp_override(wildcards):
 
 
 def cohort_slides(name):
-    return list(sample_sheet(name)["slide_id"])
+    sheet = sample_sheet(name)
+    return [] if sheet is None else list(sheet.rows)
 
 
 def encoder_of(name):
@@ -143,31 +148,28 @@ def gdc_manifest_path(name):
     return f"data/{name}/gdc_manifest.tsv"
 
 
-def check_gdc_manifest(name):
-    """Fail early, with the command to run, unless the manifest exists and matches the config."""
+def gdc_manifest(name):
+    """The cohort's GDC manifest, built by the gdc_manifest checkpoint when missing (or when the
+    query in the config changed since), else reused as is: the pinned list of the cohort's slides.
+    """
     from healnet.acquire.gdc import ManifestQuery, read_manifest_query
 
+    path = checkpoints.gdc_manifest.get(cohort=name).output.manifest
     c = cohort(name)
-    path = gdc_manifest_path(name)
-    build = (
-        f"build it first (it queries the GDC for the slides to download): "
-        f"`snakemake --cores 1 {path}`"
-    )
-    if not Path(path).is_file():
-        raise WorkflowError(
-            f"cohort {name!r}: the GDC manifest {path} does not exist; {build}"
-        )
     wanted = ManifestQuery(
         c.gdc_project, sorted(c.gdc_cases) if c.gdc_cases else None, c.gdc_max_files
     )
     built = read_manifest_query(path)
-    if built != wanted:
+    if (
+        built != wanted
+    ):  # built before this workflow tracked its query (no metadata to rerun it)
         was = built.describe() if built else "an unknown query (no .json next to it)"
         raise WorkflowError(
             f"cohort {name!r}: the GDC manifest {path} was built for {was}, but the config "
             f"(gdc_project, gdc_cases, gdc_max_files) asks for {wanted.describe()}; "
-            f"rebuild it: `snakemake --cores 1 {path}`"
+            f"rebuild it: `snakemake --cores 1 {path} --forcerun gdc_manifest`"
         )
+    return path
 
 
 def synthetic_cohorts_regex():
@@ -192,28 +194,32 @@ def gdc_query_args(wildcards):
     return args.strip()
 
 
-def gdc_manifest_rows(name):
-    from healnet.acquire.gdc import read_manifest
+def gdc_manifest_input(wildcards):
+    return gdc_manifest(wildcards.cohort)
 
-    check_gdc_manifest(name)
-    return read_manifest(gdc_manifest_path(name)).set_index("file_name")
+
+def gdc_manifest_rows(name):
+    """{file_name: manifest row}, read once per process."""
+    from healnet.acquire.gdc import indexed_manifest
+
+    return indexed_manifest(gdc_manifest(name))
 
 
 def gdc_slide_files(wildcards):
     """Every slide of the manifest, in data/{cohort}/slides/: the downloads the sheet waits for."""
     rows = gdc_manifest_rows(wildcards.cohort)
-    return [f"data/{wildcards.cohort}/slides/{name}" for name in rows.index]
+    return [f"data/{wildcards.cohort}/slides/{name}" for name in rows]
 
 
 def gdc_file(wildcards):
     """Manifest row of one slide (file_id, md5sum, file_size): what identifies the download."""
     rows = gdc_manifest_rows(wildcards.cohort)
-    if wildcards.file_name not in rows.index:
+    if wildcards.file_name not in rows:
         raise WorkflowError(
             f"data/{wildcards.cohort}/slides/{wildcards.file_name} is not in the GDC manifest "
             f"{gdc_manifest_path(wildcards.cohort)}"
         )
-    return rows.loc[wildcards.file_name]
+    return rows[wildcards.file_name]
 
 
 def gdc_file_id(wildcards):
@@ -308,25 +314,32 @@ def model_data_inputs(cohort_name, models):
     return out
 
 
-def train_inputs(wildcards):
-    c = wildcards.cohort
-    return {
-        "labels": f"results/{c}/labels.tsv",
-        "fold": f"results/{c}/splits/fold{wildcards.fold}.tsv",
-        **model_data_inputs(c, [wildcards.model]),
-    }
+def train_data_inputs(wildcards):
+    """What `healnet train` reads besides labels and its fold (those are named in the rule, so a
+    dry run can print the command while a sample-sheet checkpoint is pending)."""
+    return model_data_inputs(wildcards.cohort, [wildcards.model])
+
+
+def cohort_runs(name, models):
+    """results/{cohort}/models/{model}/fold{k} of every model and fold."""
+    return [
+        f"results/{name}/models/{m}/fold{k}"
+        for m in models
+        for k in range(n_folds(name))
+    ]
+
+
+def cohort_fold_files(wildcards):
+    return [
+        f"results/{wildcards.cohort}/splits/fold{k}.tsv"
+        for k in range(n_folds(wildcards.cohort))
+    ]
 
 
 def evaluate_inputs(wildcards):
     c = wildcards.cohort
-    runs = [
-        f"results/{c}/models/{m}/fold{k}"
-        for m in cohort_models(c)
-        for k in range(n_folds(c))
-    ]
+    runs = cohort_runs(c, cohort_models(c))
     return {
-        "labels": f"results/{c}/labels.tsv",
-        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
         "checkpoints": [f"{r}/checkpoint.pt" for r in runs],
         "predictions": [f"{r}/predictions.tsv" for r in runs],
         **model_data_inputs(c, cohort_models(c)),
@@ -350,12 +363,21 @@ def cohort_model_list(wildcards):
     return " ".join(cohort_models(wildcards.cohort))
 
 
-# --- Conda environments (envs/) ---
+# --- Where rules find `healnet` (envs/, PATH) ---
 import os
+import sys
 
-# envs/healnet.post-deploy.sh installs this repository's package into a new rule env (--use-conda).
-# (A write, not a read, so no `envvars:`; .update() keeps `snakemake --lint` from taking it for one.)
-os.environ.update(HEALNET_REPO=str(Path(workflow.basedir).parent))
+# Rules call `healnet`: the one installed beside the Python running Snakemake comes first on PATH,
+# so `.venv/bin/snakemake` works without an activated venv, and cluster jobs (which run this same
+# Python) find it too. With --use-conda, Snakemake activates the rule's env after this, so its own
+# `healnet` wins there. envs/healnet.post-deploy.sh installs this repository into a new rule env.
+# (Writes, not reads, so no `envvars:`; .update() keeps `snakemake --lint` from taking them for one.)
+os.environ.update(
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    ),
+    HEALNET_REPO=str(Path(workflow.basedir).parent),
+)
 
 
 # --- Paper tables and figures (healnet/paper, rules/paper.smk) ---
@@ -365,7 +387,7 @@ def paper_models(name):
     """Models a paper cohort trains: Table 1's rows, the XOR pair, the inspected model; slide-only
     models are left out on a cohort without slides (their cells stay empty)."""
     c = cohort(name)
-    has_slides = bool(c.slides or c.synthetic or c.gdc_project)
+    has_slides = c.wsi and bool(c.slides or c.synthetic)
     return [
         m
         for m in CFG.paper.needed_models()
@@ -391,16 +413,10 @@ def paper_inspection_dirs():
 
 
 def paper_cohort_inputs(wildcards):
-    """What `healnet paper cohort` reads: every paper model's runs of the cohort, and their data."""
+    """What `healnet paper cohort` reads besides labels and folds: every paper model's runs, their data."""
     c = wildcards.cohort
-    runs = [
-        f"results/{c}/models/{m}/fold{k}"
-        for m in paper_models(c)
-        for k in range(n_folds(c))
-    ]
+    runs = cohort_runs(c, paper_models(c))
     return {
-        "labels": f"results/{c}/labels.tsv",
-        "folds": [f"results/{c}/splits/fold{k}.tsv" for k in range(n_folds(c))],
         "runs": [
             f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")
         ],
@@ -427,7 +443,8 @@ def paper_modalities_json(wildcards):
 
 def cohort_predictions(wildcards):
     """predictions.tsv of every model and fold of the cohort (the Kaplan-Meier plot's input)."""
-    return evaluate_inputs(wildcards)["predictions"]
+    runs = cohort_runs(wildcards.cohort, cohort_models(wildcards.cohort))
+    return [f"{r}/predictions.tsv" for r in runs]
 
 
 # --- WSI (healnet/wsi, rules/wsi.smk) ---

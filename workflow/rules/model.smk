@@ -7,7 +7,9 @@ wildcard_constraints:
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(train_data_inputs),
+        labels="results/{cohort}/labels.tsv",
+        fold="results/{cohort}/splits/fold{fold}.tsv",
     output:
         checkpoint="results/{cohort}/models/{model}/fold{fold}/checkpoint.pt",
         predictions="results/{cohort}/models/{model}/fold{fold}/predictions.tsv",
@@ -41,9 +43,12 @@ rule train:
 rule evaluate:
     input:
         unpack(evaluate_inputs),
+        labels="results/{cohort}/labels.tsv",
+        folds=cohort_fold_files,
     output:
         cindex="results/{cohort}/cindex.tsv",  # in the report as HTML: rules/report.smk
         missing="results/{cohort}/cindex_missing.tsv",
+        versions="results/{cohort}/versions.tsv",  # the stack it ran with (healnet/stack.py)
         inspect=report(
             directory("results/{cohort}/inspect"),
             patterns=["{name}.png"],
@@ -73,6 +78,7 @@ rule evaluate:
         "healnet evaluate --models {params.models} --models-dir results/{wildcards.cohort}/models "
         "--fold-files {input.folds} --labels {input.labels} {params.data} "
         "--cindex {output.cindex} --missing {output.missing} --inspect {output.inspect} "
+        "--versions {output.versions} "
         "--params {params.evaluation:q} --training {params.training:q} "
         "--omics-params {params.omics:q} --labels-params {params.labels:q} "
         "--threads {threads} --log {log}"

@@ -20,6 +20,8 @@ rule paper:
 rule paper_cohort:
     input:
         unpack(paper_cohort_inputs),
+        labels="results/{cohort}/labels.tsv",
+        folds=cohort_fold_files,
     output:
         cindex="results/paper/{cohort}/cindex.tsv",
         missing="results/paper/{cohort}/cindex_missing.tsv",

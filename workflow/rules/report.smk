@@ -8,6 +8,7 @@ rule report_tables:
         cindex="results/{cohort}/cindex.tsv",
         missing="results/{cohort}/cindex_missing.tsv",
         logrank="results/{cohort}/km_logrank.tsv",
+        versions="results/{cohort}/versions.tsv",
         # not read: makes results/{cohort}/report/cindex.html the one target of the cohort's report
         km="results/{cohort}/km.png",
     output:
@@ -32,6 +33,13 @@ rule report_tables:
             subcategory="{cohort}",
             labels={"cohort": "{cohort}", "result": "log-rank test of risk groups"},
         ),
+        versions=report(
+            "results/{cohort}/report/versions.html",
+            caption="../report/versions.rst",
+            category="Software",
+            subcategory="{cohort}",
+            labels={"cohort": "{cohort}", "result": "versions of the evaluation"},
+        ),
     log:
         "logs/{cohort}/report_tables.log",
     conda:
@@ -40,8 +48,9 @@ rule report_tables:
     resources:
         mem_mb=1000,
     shell:
-        "healnet report-table --tsv {input.cindex} {input.missing} {input.logrank} "
-        "--html {output.cindex} {output.missing} {output.logrank} --title {wildcards.cohort} --log {log}"
+        "healnet report-table --tsv {input.cindex} {input.missing} {input.logrank} {input.versions} "
+        "--html {output.cindex} {output.missing} {output.logrank} {output.versions} "
+        "--title {wildcards.cohort} --log {log}"
 
 
 rule report_slides_table:

@@ -26,8 +26,10 @@ rule tissue:
     conda:
         "../../envs/healnet.yaml"
     threads: 1
+    # a thumbnail at 8 um/px: ~25 MB for a 100k x 80k slide; seconds per slide
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
+        runtime=5,
     params:
         mpp=slide_mpp_override,
         reading=section_json("slide_reading"),
@@ -54,6 +56,7 @@ rule patches:
     threads: 1
     resources:
         mem_mb=2000,
+        runtime=5,
     params:
         reading=section_json("slide_reading"),
         patching=section_json("patching"),
