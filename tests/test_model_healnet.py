@@ -250,13 +250,14 @@ def test_normed_linears_equal_layer_norm_then_linear(d, widths, offset):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
 
 
-def test_default_projects_patches_once_to_small_tokens():
-    """The default tokenises a patch by one projection shared by all layers (wsi_token_dim=64); every
-    layer's WSI cross-attention reads those 64-d tokens, and attention still scores each patch."""
-    model = make_model(depth=2)
+def test_wsi_token_dim_projects_patches_once_to_small_tokens():
+    """wsi_token_dim=64 tokenises a patch by one projection shared by all layers; every layer's WSI
+    cross-attention reads those 64-d tokens, and attention still scores each patch. The default
+    keeps the raw features as tokens."""
+    model = make_model(depth=2, wsi_token_dim=64)
     assert model.tokenizers["wsi"].proj.weight.shape == (64, D)
     assert all(layer.cross_attn["wsi"].norm_context.normalized_shape == (64,) for layer in model.layers)
-    raw = make_model(depth=2, wsi_token_dim=None)
+    raw = make_model(depth=2)
     assert "wsi" not in raw.tokenizers and raw.layers[0].cross_attn["wsi"].norm_context.normalized_shape == (D,)
     with torch.no_grad():
         _, att = model(make_batch(b=2, n=7), return_attention=True)

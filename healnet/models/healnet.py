@@ -10,13 +10,15 @@ on; at the default depth 2 each layer has its own.
 The head reads S: mean over latents -> LayerNorm -> Linear to the survival bins (logits).
 
 Tokens (one per input element, as in the paper, not the reference code's single omic token):
-- WSI: one token per patch, with a key-padding mask. `wsi_token_dim=t` (default 64): the patch
-  feature (D) is layer-normed and projected to t once per forward, and every layer attends to
-  these shared tokens; `wsi_token_dim=None`: the raw D-dim features are the tokens, each layer
-  norming and projecting them itself (the original form). Either way the bag is projected once
-  per forward for all layers (`attention.normed_linear` with each layer's LayerNorm folded into
-  its key/value weights, the math unchanged) and never copied; only the key/value products scale
-  with N, so the default costs ~1/5 of the original form at 10^4-10^5 patches (bench/README.md).
+- WSI: one token per patch, with a key-padding mask. `wsi_token_dim=None` (default): the raw
+  D-dim features are the tokens, each layer norming and projecting them with its own weights;
+  `wsi_token_dim=t`: the patch feature is layer-normed and projected to t once per forward and
+  every layer attends to these shared tokens (~2x faster again at 10^4-10^5 patches, but 0.014-0.017
+  lower fusion c-index on the 150-patient demo at t=64, so not the default). Either way the work that does not
+  depend on the latents is done once per forward, not per layer: the tokens are normed once and
+  each layer's keys and values come from its LayerNorm affine folded into its key/value weights
+  (`attention.normed_linears`, the math unchanged); a 1024-d bag is never normed into a copy.
+  Cost and memory against the original form: bench/README.md (`bench/bench_healnet.py`).
 - tabular (omics, rnaseq, cnv, mut, clinical): one token per feature. `feature_encoding="learned"`:
   token_f = v_f * W_f + E_f (a per-feature value embedding plus a learned feature identity, as in
   FT-Transformer); `"fourier"`: token_f = [v_f, fourier(position of f)] as in Perceiver/HEALNet.
@@ -132,7 +134,7 @@ class HEALNet(nn.Module):
         share_weights: bool = True,
         feature_encoding: str = "learned",
         token_dim: int = 16,
-        wsi_token_dim: int | None = 64,
+        wsi_token_dim: int | None = None,
         num_freq_bands: int = 6,
         max_freq: float = 10.0,
         temperature: float = 1.0,
