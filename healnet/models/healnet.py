@@ -13,9 +13,10 @@ Tokens (one per input element, as in the paper, not the reference code's single 
 - WSI: one token per patch, with a key-padding mask. `wsi_token_dim=None` (default): the raw
   D-dim features are the tokens, each layer norming and projecting them with its own weights;
   `wsi_token_dim=t`: the patch feature is layer-normed and projected to t once per forward and
-  every layer attends to these shared tokens (~2x faster again at 10^4-10^5 patches, but 0.014-0.017
-  lower fusion c-index on the 150-patient demo at t=64, so not the default). Either way the work that does not
-  depend on the latents is done once per forward, not per layer: the tokens are normed once and
+  every layer attends to these shared tokens (1.5-2.3x faster again at 10^4-10^5 patches, but
+  0.014-0.017 lower fusion c-index on the 150-patient demo at t=64, so not the default). Either
+  way the work that does not depend on the latents is done once per forward, not per layer: the
+  tokens are normed once and
   each layer's keys and values come from its LayerNorm affine folded into its key/value weights
   (`attention.normed_linears`, the math unchanged); a 1024-d bag is never normed into a copy.
   Cost and memory against the original form: bench/README.md (`bench/bench_healnet.py`).
