@@ -167,3 +167,110 @@ def test_attention_memory_is_linear_in_patches():
             model(batch, return_attention=True)
         mem.append(max(e.cpu_memory_usage for e in prof.key_averages()))
     assert 2 < mem[1] / mem[0] < 6  # 4x patches -> ~4x memory, far from the 16x of an N x N matrix
+
+
+# --- the lean forward (issue 16): same math as the per-layer form --------------------------------
+
+
+def reference_forward(model, batch):
+    """HEALNet's forward in its per-layer form (the code before the lean forward): every layer
+    norms and projects the whole bag itself, through `Attention.forward(s, context)`."""
+    import torch.nn.functional as F
+
+    b = next(batch[m] for m in model.modalities if m in batch).shape[0]
+    present = model._present(batch, b, torch.device("cpu"))
+    tokens = {}
+    for m in model.modalities:
+        if m == "wsi" and "wsi" in model.tokenizers:  # the shared projection, unfused
+            proj = model.tokenizers["wsi"].proj
+            tokens[m] = F.linear(F.layer_norm(batch[m], batch[m].shape[-1:]), proj.weight, proj.bias)
+        elif m in batch:
+            tokens[m] = batch[m] if m == "wsi" else model.tokenizers[m](batch[m])
+    s = model.latents.unsqueeze(0).expand(b, -1, -1)
+    for layer in model.layers:
+        for m in model.modalities:
+            idx = present[m].nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            s_m, ctx = s.index_select(0, idx), tokens[m].index_select(0, idx)
+            mask = batch.get(f"{m}_mask")
+            mask = None if mask is None else mask.index_select(0, idx)
+            s_m = s_m + layer.cross_attn[m](s_m, ctx, mask=mask)[0]
+            s_m = s_m + layer.cross_ff[m](s_m)
+            s = s.index_copy(0, idx, s_m)
+        for attn, ff in zip(layer.self_attn, layer.self_ff):
+            s = s + attn(s)[0]
+            s = s + ff(s)
+    return model.head(s.mean(dim=1))
+
+
+@pytest.mark.parametrize("d", [12, 300])  # 300 > all layers' key/value sizes: the bag is never normed in place
+@pytest.mark.parametrize("wsi_token_dim", [None, 8])
+def test_lean_forward_equals_the_per_layer_form(d, wsi_token_dim):
+    """Outputs and gradients equal the per-layer form, for raw-feature and projected patch tokens,
+    with padding, missing modalities and shared layers (depth 3: layers 2 and 3 share weights)."""
+    model = make_model(dims={"wsi": d, "omics": F_OMICS}, wsi_token_dim=wsi_token_dim)
+    g = torch.Generator().manual_seed(3)
+    batch = make_batch()
+    batch["wsi"] = torch.randn(4, 10, d, generator=g).abs() * 3  # non-negative, mean > 0, like real features
+    batch["wsi_mask"][0, 6:] = False
+    batch["present"]["wsi"] = torch.tensor([True, False, True, True])
+    batch["present"]["omics"] = torch.tensor([True, True, False, True])
+    lean = model(batch)
+    grads = torch.autograd.grad(lean.sum(), list(model.parameters()), allow_unused=True)
+    ref = reference_forward(model, batch)
+    ref_grads = torch.autograd.grad(ref.sum(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(lean, ref, rtol=1e-5, atol=1e-5)
+    for (name, _), a, r in zip(model.named_parameters(), grads, ref_grads):
+        assert (a is None) == (r is None), name
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("d, widths", [(64, [16, 8]), (8, [16, 16])])  # normed copy avoided / formed
+@pytest.mark.parametrize("offset", [0.0, 1e3])  # 1e3: mean >> spread, where E[x^2] - mean^2 cancels
+def test_normed_linears_equal_layer_norm_then_linear(d, widths, offset):
+    import torch.nn.functional as F
+
+    from healnet.models.attention import normed_linears
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, d, generator=g) + offset
+    params = [(torch.randn(k, d, generator=g, requires_grad=True), torch.randn(k, generator=g, requires_grad=True))
+              for k in widths]
+    outs = normed_linears(x, params)
+    ref = [F.linear(F.layer_norm(x, (d,)), w, b) for w, b in params]
+    for o, r in zip(outs, ref):
+        assert o.shape == r.shape
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+    leaves = [t for p in params for t in p]
+    got = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(outs)), leaves)
+    want = torch.autograd.grad(sum((r * (i + 1)).sum() for i, r in enumerate(ref)), leaves)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+
+
+def test_wsi_token_dim_projects_patches_once_to_small_tokens():
+    """wsi_token_dim=64 tokenises a patch by one projection shared by all layers; every layer's WSI
+    cross-attention reads those 64-d tokens, and attention still scores each patch. The default
+    keeps the raw features as tokens."""
+    model = make_model(depth=2, wsi_token_dim=64)
+    assert model.tokenizers["wsi"].proj.weight.shape == (64, D)
+    assert all(layer.cross_attn["wsi"].norm_context.normalized_shape == (64,) for layer in model.layers)
+    raw = make_model(depth=2)
+    assert "wsi" not in raw.tokenizers and raw.layers[0].cross_attn["wsi"].norm_context.normalized_shape == (D,)
+    with torch.no_grad():
+        _, att = model(make_batch(b=2, n=7), return_attention=True)
+    assert att["wsi"][1].shape == (2, 7)
+
+
+def test_an_absent_sample_bag_never_enters_the_gradients():
+    """A WSI-absent sample's bag may hold anything (here NaN): it is never read, so outputs and
+    gradients stay finite."""
+    model = make_model()
+    model.train()
+    batch = make_batch()
+    batch["present"]["wsi"] = torch.tensor([True, False, True, True])
+    batch["wsi"][1] = float("nan")
+    model(batch).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -4,11 +4,22 @@ modalities.
 A learned latent array S (num_latents x latent_dim) is shared across modalities. Each fusion layer
 updates S once per modality, in order, with that modality's cross-attention (query = S, keys/values =
 the modality's tokens) and feed-forward, then runs `self_per_cross_attn` latent self-attention blocks.
-All blocks are pre-norm with residuals. Layers after the first share weights (`share_weights`).
+All blocks are pre-norm with residuals. With `share_weights`, layers 2..depth all reuse the second
+layer's weights (the paper's sharing after the first layer), so weights are shared only from depth 3
+on; at the default depth 2 each layer has its own.
 The head reads S: mean over latents -> LayerNorm -> Linear to the survival bins (logits).
 
 Tokens (one per input element, as in the paper, not the reference code's single omic token):
-- WSI: one token per patch, the patch feature vector (B, N, D), with a key-padding mask;
+- WSI: one token per patch, with a key-padding mask. `wsi_token_dim=None` (default): the raw
+  D-dim features are the tokens, each layer norming and projecting them with its own weights;
+  `wsi_token_dim=t`: the patch feature is layer-normed and projected to t once per forward and
+  every layer attends to these shared tokens (1.5-2.3x faster again at 10^4-10^5 patches, but
+  0.014-0.017 lower fusion c-index on the 150-patient demo at t=64, so not the default). Either
+  way the work that does not depend on the latents is done once per forward, not per layer: the
+  tokens are normed once and
+  each layer's keys and values come from its LayerNorm affine folded into its key/value weights
+  (`attention.normed_linears`, the math unchanged); a 1024-d bag is never normed into a copy.
+  Cost and memory against the original form: bench/README.md (`bench/bench_healnet.py`).
 - tabular (omics, rnaseq, cnv, mut, clinical): one token per feature. `feature_encoding="learned"`:
   token_f = v_f * W_f + E_f (a per-feature value embedding plus a learned feature identity, as in
   FT-Transformer); `"fourier"`: token_f = [v_f, fourier(position of f)] as in Perceiver/HEALNet.
@@ -27,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from healnet.models import register
-from healnet.models.attention import Attention, FeedForward
+from healnet.models.attention import Attention, FeedForward, normed_linears
 
 WSI = "wsi"
 
@@ -64,6 +75,19 @@ class TabularTokens(nn.Module):
             return x.unsqueeze(-1) * self.weight + self.identity  # (B, F, dim)
         pos = self.pos.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, F, 2K+1)
         return torch.cat([x.unsqueeze(-1), pos], dim=-1)  # (B, F, 2K+2)
+
+
+class PatchTokens(nn.Module):
+    """(B, N, D) patch features -> (B, N, dim) tokens: LayerNorm (its affine is absorbed by the
+    Linear) then Linear(D, dim), without materialising the normed bag."""
+
+    def __init__(self, d_in: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(d_in, dim)
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normed_linears(x, [(self.proj.weight, self.proj.bias)])[0]
 
 
 class FusionLayer(nn.Module):
@@ -111,6 +135,7 @@ class HEALNet(nn.Module):
         share_weights: bool = True,
         feature_encoding: str = "learned",
         token_dim: int = 16,
+        wsi_token_dim: int | None = None,
         num_freq_bands: int = 6,
         max_freq: float = 10.0,
         temperature: float = 1.0,
@@ -126,8 +151,11 @@ class HEALNet(nn.Module):
         self.tokenizers = nn.ModuleDict()
         token_dims: dict[str, int] = {}
         for m, size in input_dims.items():
-            if m == WSI:
+            if m == WSI and wsi_token_dim is None:
                 token_dims[m] = size  # patch features are the tokens
+            elif m == WSI:
+                self.tokenizers[m] = PatchTokens(size, wsi_token_dim)
+                token_dims[m] = wsi_token_dim
             else:
                 tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
                 self.tokenizers[m] = tok
@@ -166,6 +194,18 @@ class HEALNet(nn.Module):
             )
         return present
 
+    def _wsi_kv(self, bags: torch.Tensor, idx: torch.Tensor, b: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of the present samples' bags for every distinct layer, the tokens normed
+        once: {id(layer): ((b_wsi, N, H*dh), (b_wsi, N, H*dh))}. Absent samples' bags are never read
+        (they may hold anything)."""
+        x = bags if idx.numel() == b else bags.index_select(0, idx)  # copies only in a mixed batch
+        if WSI in self.tokenizers:
+            x = self.tokenizers[WSI](x)  # (b_wsi, N, wsi_token_dim), shared by all layers
+        layers = list({id(layer): layer for layer in self.layers}.values())  # shared layers once
+        maps = [kv for layer in layers for kv in layer.cross_attn[WSI].folded_kv()]  # k, v of each layer
+        kv = normed_linears(x, maps, layers[0].cross_attn[WSI].norm_context.eps)
+        return {id(layer): (kv[2 * i], kv[2 * i + 1]) for i, layer in enumerate(layers)}
+
     def forward(self, batch: dict, return_attention: bool = False):
         """batch per the registry contract -> logits (B, n_bins).
 
@@ -177,33 +217,37 @@ class HEALNet(nn.Module):
             raise ValueError(f"HEALNet: the batch holds none of the model's modalities {self.modalities}")
         b, device = first.shape[0], first.device
         present = self._present(batch, b, device)
-        tokens = {
-            m: (batch[m] if m == WSI else self.tokenizers[m](batch[m]))
-            for m in self.modalities
-            if m in batch
-        }
+        idxs = {m: present[m].nonzero().flatten() for m in self.modalities}
+        tokens = {m: self.tokenizers[m](batch[m]) for m in self.modalities if m in batch and m != WSI}
+        # a mask of only real tokens is dropped: attention then runs without the masking passes
+        masks = {m: k for m in self.modalities if (k := batch.get(f"{m}_mask")) is not None and not bool(k.all())}
+        wsi_kv = self._wsi_kv(batch[WSI], idxs[WSI], b) if WSI in idxs and idxs[WSI].numel() else {}
         s = self.latents.unsqueeze(0).expand(b, -1, -1)  # (B, L, d)
         attention: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         for layer in self.layers:
             for m in self.modalities:
-                idx = present[m].nonzero().flatten()
+                idx = idxs[m]
                 if idx.numel() == 0:
                     if return_attention:
-                        n = tokens[m].shape[1] if m in tokens else 0
+                        n = batch[m].shape[1] if m in batch else 0  # tokens: one per patch or feature
                         attention[m].append(torch.full((b, n), float("nan"), device=device))
                     continue
                 everyone = idx.numel() == b
                 s_m = s if everyone else s.index_select(0, idx)  # (b_m, L, d)
-                ctx = tokens[m] if everyone else tokens[m].index_select(0, idx)  # (b_m, N, c)
-                mask = batch.get(f"{m}_mask")
+                mask = masks.get(m)
                 if mask is not None and not everyone:
                     mask = mask.index_select(0, idx)
-                upd, w = layer.cross_attn[m](s_m, ctx, mask=mask, return_attention=return_attention)
+                if m == WSI:  # keys/values of the present bags, projected once per forward
+                    upd, w = layer.cross_attn[m](s_m, mask=mask, return_attention=return_attention,
+                                                 kv=wsi_kv[id(layer)])
+                else:
+                    ctx = tokens[m] if everyone else tokens[m].index_select(0, idx)  # (b_m, N, c)
+                    upd, w = layer.cross_attn[m](s_m, ctx, mask=mask, return_attention=return_attention)
                 s_m = s_m + upd
                 s_m = s_m + layer.cross_ff[m](s_m)
                 s = s_m if everyone else s.index_copy(0, idx, s_m)  # masked residual
                 if return_attention:
-                    full = torch.full((b, ctx.shape[1]), float("nan"), device=device, dtype=w.dtype)
+                    full = torch.full((b, w.shape[1]), float("nan"), device=device, dtype=w.dtype)
                     attention[m].append(full.index_copy(0, idx, w))
             for attn, ff in zip(layer.self_attn, layer.self_ff):
                 s = s + attn(s)[0]
