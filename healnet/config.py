@@ -223,11 +223,11 @@ class Features(Strict):
 
     encoder: str = "resnet50_trunc"
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(2, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
+    num_workers: int = Field(1, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
                              "features rule asks for this + 1 threads. On a GPU node: cores - 1 (bench/README.md).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 where the hardware computes it natively (CUDA; CPUs with AVX512-BF16 "
-        "or AMX), else fp32. fp32: exact fp32 features everywhere.")
+        "auto", description="auto: bf16 on CUDA, fp32 on the CPU (features independent of the CPU's "
+        "instructions). bf16 on a CPU with AVX512-BF16/AMX: 1.75x faster, features within 5e-3 (bench/README.md).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_patches: int = Field(4096, ge=1, description="Zarr chunk length (patches).")
     region_patches: int = Field(8, ge=1, description="A read covers up to this many x this many grid patches.")

@@ -187,3 +187,20 @@ def test_patch_store_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_patch_store(tmp_path / "s.zarr", np.ones((3, 2)), {"status": "ok"})
     assert read_patch_store(tmp_path / "s.zarr").coords.tolist() == [[1, 1]] * 3
+
+
+def test_frozen_cpu_encoder_gives_the_eager_features():
+    """The frozen TorchScript graph (BatchNorm folded, oneDNN-packed weights) is the same function."""
+    import torch
+
+    from healnet.wsi.encoders import FrozenEncoder, for_inference
+
+    encoder, _ = build_encoder("tiny", TINY)
+    encoder.eval()
+    frozen = for_inference(encoder, torch.device("cpu"), None)
+    assert isinstance(frozen, FrozenEncoder)
+    patches = torch.randint(0, 256, (6, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        eager, fast = encoder(patches), frozen(patches)
+    assert fast.shape == eager.shape and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)

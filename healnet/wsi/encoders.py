@@ -7,10 +7,10 @@ for tests and the synthetic demo only; flagged in the store attrs and the log). 
 `resnet50_trunc` is `resnet50.tv_in1k` up to layer3, pooled to 1024-d, as in CLAM / HEALNet.
 
 The module takes uint8 NHWC patches already on the device and normalises there, so the reader
-workers ship 1 byte per channel instead of 4. On the CPU the backbone runs as a frozen TorchScript
-graph (`for_inference`: BatchNorm folded into the convolutions, oneDNN-packed weights) and, where
-the CPU computes bf16 natively (AVX512-BF16 / AMX), in bf16 as on CUDA; bench/README.md has the
-speed and the feature differences.
+workers ship 1 byte per channel instead of 4. On the CPU the backbone of a slide with many patches
+runs as a frozen TorchScript graph (`for_inference`: BatchNorm folded into the convolutions,
+oneDNN-packed weights), in fp32 by default and in bf16 with `features.precision: bf16` on CPUs that
+compute it natively (AVX512-BF16 / AMX); bench/README.md has the speed and the feature differences.
 """
 
 from __future__ import annotations
@@ -223,13 +223,14 @@ def cpu_native_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """`auto`: bf16 where the hardware computes it natively (CUDA, else fp16 there; CPUs with
-    AVX512-BF16 / AMX: with the frozen graph 1.75x end to end, features within 5e-3 relative of
-    fp32; bench/README.md), otherwise fp32."""
-    if precision == "fp32":
+    """`auto`: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on the CPU, so CPU features do not
+    depend on which instructions the CPU has. `bf16` on a CPU with AVX512-BF16 / AMX
+    (`cpu_native_bf16`): with the frozen graph 1.75x end to end, features within 5e-3 relative of
+    fp32 (bench/README.md); elsewhere oneDNN emulates it, slower than fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_native_bf16() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and precision == "bf16" and not cpu_native_bf16():
+        log.warning("features.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); expect it slower than fp32")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -39,6 +39,8 @@ from healnet.wsi.patches import PatchGeometry
 from healnet.wsi.slide import Slide, SlideError, area_resize
 
 log = logging.getLogger(__name__)
+# Below this many patches the CPU encoder runs as it is (tracing its frozen graph takes 1-10 s).
+FREEZE_MIN_PATCHES = 1000
 
 
 def make_regions(coords: np.ndarray, geometry: PatchGeometry, region_patches: int,
@@ -167,7 +169,8 @@ def extract_features(
     n = len(coords)
     plan = choose_decode(path, geometry.level, params, device)
     encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
-    model = for_inference(encoder, device, amp_dtype)
+    # Tracing costs seconds once per process: worth it for a real slide, not for a few patches.
+    model = for_inference(encoder, device, amp_dtype) if n >= FREEZE_MIN_PATCHES else encoder
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     cuda = device.type == "cuda"
     if cuda:
