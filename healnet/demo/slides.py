@@ -70,7 +70,9 @@ def tissue_field(rng: np.random.Generator, width_um: float, height_um: float) ->
     blobs = []
     for _ in range(int(rng.integers(1, 3))):
         cx, cy = rng.uniform(0.35, 0.65) * width_um, rng.uniform(0.35, 0.65) * height_um
-        rx, ry = rng.uniform(0.2, 0.3) * width_um, rng.uniform(0.2, 0.3) * height_um
+        # >= a quarter of the slide across: on the demo's 800 x 600 um slides a blob is >= 90,000 um^2,
+        # well above tissue.min_tissue_area_um2 after the median blur (0.2 left some below it).
+        rx, ry = rng.uniform(0.25, 0.3) * width_um, rng.uniform(0.25, 0.3) * height_um
         theta = rng.uniform(0, np.pi)
         dx, dy = x - cx, y - cy
         u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
