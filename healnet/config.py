@@ -213,13 +213,17 @@ class Omics(Strict):
     )
     drop_train_constant: bool = Field(True, description="Drop features constant on the training split of a fold.")
     missing_indicator: bool = Field(False, description="Append a 0/1 column per feature with missing train values.")
-    clinical_features: bool = Field(False, description="Add age and sex as features.")
+    clinical_features: bool = Field(
+        False, description="Keep age and sex (`age_clinical`, `is_female_clinical`): the `clinical` modality of a "
+        "model (e.g. cox_clinical, or healnet with modalities [omics, clinical]); never part of `omics`.",
+    )
 
 
 class Labels(Strict):
     n_bins: int = Field(4, ge=2)
     edges_from: Literal["cohort", "train"] = Field(
-        "cohort", description="Bin edges from the whole cohort (published baselines) or each fold's training split."
+        "train", description="Bin edges from each fold's training split (nothing of the test patients shapes "
+        "training) or, as the published baselines, from the whole cohort.",
     )
     eps: float = Field(1e-6, gt=0, description="Outer edges are the cohort min - eps and max + eps.")
 
@@ -235,6 +239,10 @@ class Training(Strict):
 
     models: list[str] = ["healnet"]
     seed: int = Field(0, description="Seed of fold k is seed + k (init, sampling, patch subsets, dropout).")
+    seeds: int = Field(
+        1, ge=1, description="Train each fold this many times (seed s: seed + k + 1000 s); cindex.tsv reports the "
+        "mean over seeds per fold and their spread (3 for the paper's figures). Closed-form models fit once.",
+    )
     epochs: int = Field(20, ge=1, description="Fixed epoch budget (the published protocol).")
     batch_size: int = Field(1, ge=1, description="Patients per micro-batch (WSI bags are padded + masked).")
     grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimiser step (exact: per-sample mean).")

@@ -9,7 +9,8 @@ The head reads S: mean over latents -> LayerNorm -> Linear to the survival bins 
 
 Tokens (one per input element, as in the paper, not the reference code's single omic token):
 - WSI: one token per patch, the patch feature vector (B, N, D), with a key-padding mask;
-- tabular (omics, rnaseq, cnv, mut, clinical): one token per feature. `feature_encoding="learned"`:
+- tabular (omics, rnaseq, cnv, mut, clinical): by default one token per feature (`omics_tokens`:
+  also one token per modality or a few per gene family, healnet/models/omics_tokens.py). `feature_encoding="learned"`:
   token_f = v_f * W_f + E_f (a per-feature value embedding plus a learned feature identity, as in
   FT-Transformer); `"fourier"`: token_f = [v_f, fourier(position of f)] as in Perceiver/HEALNet.
 
@@ -28,6 +29,7 @@ import torch.nn as nn
 
 from healnet.models import register
 from healnet.models.attention import Attention, FeedForward
+from healnet.models.omics_tokens import omics_tokenizer
 
 WSI = "wsi"
 
@@ -115,6 +117,10 @@ class HEALNet(nn.Module):
         max_freq: float = 10.0,
         temperature: float = 1.0,
         out_activation: bool = False,
+        omics_tokens: str = "feature",
+        tokens_per_group: int = 2,
+        signatures: str | None = None,
+        feature_names: dict[str, list[str]] | None = None,
     ):
         super().__init__()
         if not input_dims:
@@ -128,8 +134,11 @@ class HEALNet(nn.Module):
         for m, size in input_dims.items():
             if m == WSI:
                 token_dims[m] = size  # patch features are the tokens
-            else:
-                tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
+            else:  # omics tokenisation: healnet/models/omics_tokens.py (age and sex: one token each)
+                if omics_tokens == "feature" or m == "clinical":
+                    tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
+                else:
+                    tok = omics_tokenizer(omics_tokens, m, size, token_dim, feature_names, signatures, tokens_per_group)
                 self.tokenizers[m] = tok
                 token_dims[m] = tok.out_dim
         hp = dict(
