@@ -305,6 +305,11 @@ class Paper(Strict):
         ["snn", "abmil", "porpoise", "mcat", "perceiver", "healnet"],
         description="Rows of Table 1 (keys of `models`); trained on every paper cohort with the `train` rule.",
     )
+    references: list[str] = Field(
+        [],
+        description="Classical reference rows appended to Table 1 (keys of `models`; config.yaml: [coxnet, "
+        "cox_clinical]), trained like the others; left out of Table 2 and the uplift figure.",
+    )
     missing_model: str | None = Field(
         "healnet",
         description="Table 2: the model given one modality per test patient (evaluation.missing_seed); "
@@ -325,7 +330,7 @@ class Paper(Strict):
 
     def needed_models(self) -> list[str]:
         """Every model a paper cohort trains: the table rows, the XOR pair, the inspected model."""
-        names = list(self.models)
+        names = list(self.models) + list(self.references)
         if self.missing_model:
             names += [self.missing_model, *self.unimodal.values()]
         if self.inspect_model:
@@ -407,7 +412,7 @@ class Config(Strict):
         for model in p.needed_models():
             if model not in self.models:
                 raise ValueError(
-                    f"paper: unknown model {model!r} (models, missing_model, unimodal, inspect_model); "
+                    f"paper: unknown model {model!r} (models, references, missing_model, unimodal, inspect_model); "
                     f"defined in `models`: {sorted(self.models)}"
                 )
         if p.missing_model:
