@@ -9,7 +9,7 @@ For each cohort (BLCA, BRCA, KIRP, UCEC by default) and each provided fold (`spl
 - `healnet` (omics + clinical modalities): the omics tokenisation (one token per modality, 2 tokens
   per gene family of signatures.csv, or one token per feature with the L1 term) and the epoch count
   are chosen by `healnet.training.select.select_recipe` on an inner split of the fold's TRAINING
-  patients only (25 % inner validation, stratified on bin x event); the winner is retrained on the
+  patients only (2 inner splits of 25 % validation, stratified on bin x event); the winner is retrained on the
   whole training part with `--seeds` seeds and scored once on the test patients.
 
 Writes `<out>/results.tsv` (one row per cohort, fold, model, seed) and `<out>/selection.tsv` (every
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HEALNET_SHARED_DATA", REPO.parent / "shared" / "data")) / "tcga"
+DATA = Path(os.environ.get("HEALNET_SHARED_DATA", REPO.parent / "shared" / "data")) / "tcga"  # or /work/shared/data
 SIGNATURES = DATA / "signatures.csv"
 PAPER = {"snn": {"blca": 0.606, "brca": 0.580, "kirp": 0.780, "ucec": 0.550},
          "healnet": {"blca": 0.668, "brca": 0.638, "kirp": 0.812, "ucec": 0.626}}
@@ -45,18 +45,21 @@ HEALNET_TRAINING = dict(batch_size=16, grad_accumulation=1, lr=5e-4, epochs=20)
 log = logging.getLogger("bench_omics_models")
 
 
-def candidates(training) -> dict:
-    """The HEALNet recipes the inner validation chooses between."""
+def candidates(training, feature_tokens: bool = False) -> dict:
+    """The HEALNet recipes the inner validation chooses between (`feature_l1` only with
+    --feature-tokens: it lost the inner validation of the first 4 folds it ran in at 4x the cost)."""
     from healnet.config import with_keys
     from healnet.training.select import Recipe
 
     base = with_keys(training, HEALNET_TRAINING)
     mods = ("omics", "clinical")
-    return {
+    out = {
         "modality": Recipe("healnet", mods, {**SMALL, "omics_tokens": "modality"}, base),
         "family": Recipe("healnet", mods, {**SMALL, "omics_tokens": "family", "signatures": str(SIGNATURES)}, base),
-        "feature_l1": Recipe("healnet", mods, {**SMALL, "omics_tokens": "feature"}, with_keys(base, {"l1": 1e-5})),
     }
+    if feature_tokens:
+        out["feature_l1"] = Recipe("healnet", mods, {**SMALL, "omics_tokens": "feature"}, with_keys(base, {"l1": 1e-5}))
+    return out
 
 
 def prepare(cohort: str, out: Path, omics_cfg, labels_cfg, splits_cfg) -> Path:
@@ -85,12 +88,16 @@ def score(frame: pd.DataFrame, edges) -> list[dict]:
     return [{"seed": int(s), **metrics_of(f, edges)} for s, f in frame.groupby("seed")]
 
 
-def append(path: Path, rows: list[dict]) -> None:
-    df = pd.DataFrame(rows)
+RESULT_COLUMNS = ["cohort", "fold", "model", "seed", "cindex", "cindex_td", "ibs", "n", "events", "seconds", "recipe"]
+
+
+def append(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """Append rows to a TSV (fixed columns, so rows of every model line up)."""
+    df = pd.DataFrame(rows, columns=columns)
     df.to_csv(path, sep="\t", index=False, mode="a", header=not path.exists())
 
 
-def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set) -> None:
+def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set, feature_tokens: bool = False) -> None:
     from healnet.config import with_keys
     from healnet.training.data import load_fold_data
     from healnet.training.loop import train_fold
@@ -112,13 +119,13 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
         frame = train_fold(data, arch, mods, params, tcfg, k, runs / model / f"fold{k}", model, threads=1)
         rows = [{"cohort": cohort, "fold": k, "model": model, **r, "seconds": time.perf_counter() - t0}
                 for r in score(frame, data.edges)]
-        append(out / "results.tsv", rows)
+        append(out / "results.tsv", rows, RESULT_COLUMNS)
         log.info("%s fold %d %s: %s", cohort, k, model, [round(r["cindex"], 3) for r in rows])
     if (cohort, k, "healnet") in skip:
         return
     t0 = time.perf_counter()
-    cands = candidates(training)
-    table = select_recipe(data, cands, k, seed=cfg.training.seed + k, fraction=0.25, repeats=1)
+    cands = candidates(training, feature_tokens)
+    table = select_recipe(data, cands, k, seed=cfg.training.seed + k, fraction=0.25, repeats=2)
     append(out / "selection.tsv", table.assign(cohort=cohort, fold=k).to_dict("records"))
     chosen = table[table["chosen"]].iloc[0]
     recipe = final_recipe(cands[chosen["candidate"]], int(chosen["epochs"]))
@@ -126,7 +133,7 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
                        k, runs / "healnet" / f"fold{k}", "healnet", threads=1)
     rows = [{"cohort": cohort, "fold": k, "model": "healnet", **r, "seconds": time.perf_counter() - t0,
              "recipe": f"{chosen['candidate']}, {int(chosen['epochs'])} epochs"} for r in score(frame, data.edges)]
-    append(out / "results.tsv", rows)
+    append(out / "results.tsv", rows, RESULT_COLUMNS)
     log.info("%s fold %d healnet (%s): %s", cohort, k, rows[0]["recipe"], [round(r["cindex"], 3) for r in rows])
 
 
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cohorts", nargs="+", default=COHORTS_ORDER)
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--feature-tokens", action="store_true", help="also a per-feature-token candidate (4x the cost)")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for cohort in args.cohorts:
             d = prepare(cohort, args.out, cfg.omics, cfg.labels, cfg.splits)
             for k in args.folds:
-                run_fold(cohort, k, d, args.out, cfg, args.seeds, done)
+                run_fold(cohort, k, d, args.out, cfg, args.seeds, done, args.feature_tokens)
     print(summary(args.out))
     return 0
 
