@@ -4,7 +4,11 @@
   patients): `cindex` (published convention, `healnet.survival.metrics.cindex`), `cindex_td` and
   `ibs` (pycox), `n` patients, `events`, `excluded` (test patients without any of the model's
   modalities, left out); then per model a `mean` and a `std` row (std over folds, ddof 0 as
-  numpy / the published code).
+  numpy / the published code). With `training.seeds` > 1 a fold's metrics are the mean over its
+  seeds (`seeds` runs; predictions.tsv has a `seed` column) and `cindex_seed_std` is their spread:
+  the `std` row's `cindex` is the fold spread, the `mean` row's `cindex_seed_std` the mean seed
+  spread. `cindex_common` scores each model on the fold's test patients that every evaluated model
+  scores (`n_common`), so a unimodal and a multimodal model can be compared on the same patients.
 - `cindex_missing.tsv`: models with >= 2 modalities re-run on the test patients with (a) only
   modality m for every patient who has it (`<m>_only`, e.g. `wsi_only`, `omics_only`), (b) each
   patient given exactly one of its modalities, chosen uniformly by `evaluation.missing_seed`

@@ -13,6 +13,7 @@ import torch
 from healnet.cli import main
 from healnet.io import write_tsv
 from healnet.survival.labels import assign_bins, bin_edges
+from healnet.survival.metrics import cindex
 from healnet.wsi.store import write_feature_store
 
 
@@ -99,7 +100,8 @@ def test_predictions_cover_each_models_patients(cohort):
 
 def test_cindex_table(cohort):
     table = pd.read_csv(cohort / "cindex.tsv", sep="\t", dtype={"fold": str})
-    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded"]
+    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded",
+                                   "seeds", "cindex_seed_std", "cindex_common", "n_common"]
     assert table["fold"].tolist() == ["0", "1", "0", "1", "mean", "std", "mean", "std"]
     rows = table.set_index(["model", "fold"])
     assert rows.loc[("healnet", "0"), "n"] == 18 and rows.loc[("healnet", "0"), "excluded"] == 0
@@ -108,6 +110,12 @@ def test_cindex_table(cohort):
     assert rows.loc[("healnet", "mean"), "cindex"] == pytest.approx(per_fold["cindex"].mean())
     assert rows.loc[("healnet", "std"), "cindex"] == pytest.approx(per_fold["cindex"].std(ddof=0))
     assert table["cindex"].between(0, 1).all() and table["ibs"].iloc[:4].between(0, 1).all()
+    # same patients: healnet_wsi scores 15 of fold 0's 18 test patients, so both are scored on those 15
+    assert rows.loc[("healnet", "0"), "n_common"] == rows.loc[("healnet_wsi", "0"), "n_common"] == 15
+    pred = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t")
+    common = pred[pred["case_id"].isin(pd.read_csv(cohort / "models/healnet_wsi/fold0/predictions.tsv", sep="\t")["case_id"])]
+    assert rows.loc[("healnet", "0"), "cindex_common"] == pytest.approx(cindex(common["time"], common["event"], common["risk"]))
+    assert rows.loc[("healnet_wsi", "0"), "cindex_common"] == pytest.approx(rows.loc[("healnet_wsi", "0"), "cindex"])
     # the planted signal is learned by the multimodal model
     assert rows.loc[("healnet", "mean"), "cindex"] > 0.6
 
