@@ -14,7 +14,7 @@ vector of ~2,000 features becomes decides how much the model must learn from a f
   `other` of the features in no family, so nothing is thrown away. Each group is projected by its
   own linear layer. Without `signatures`, groups are the omic types (`_rnaseq`, `_cnv`, `_mut`).
 
-The choice is made on training folds only (bench/bench_omics_models.py, bench/README.md).
+The choice is made on training folds only (bench/omics_models.py, bench/README.md).
 The `clinical` modality (age, sex) always keeps one token per feature.
 """
 

@@ -15,9 +15,10 @@ For each cohort (BLCA, BRCA, KIRP, UCEC by default) and each provided fold (`spl
 Writes `<out>/results.tsv` (one row per cohort, fold, model, seed) and `<out>/selection.tsv` (every
 candidate's inner-validation curve per fold), appending as it goes, then prints mean +- std over
 folds (of the per-fold mean over seeds), the mean seed spread, and the paper's rows.
+Not part of `make bench` (which runs bench/bench_*.py): about 2 CPU-hours for the four cohorts.
 Run (2 shared cores: nice, one torch thread):
-    nice -n 10 python bench/bench_omics_models.py --out /tmp/omics_models [--cohorts blca kirp]
-    python bench/bench_omics_models.py --out /tmp/omics_models --summary-only
+    nice -n 10 python bench/omics_models.py --out /tmp/omics_models [--cohorts blca kirp]
+    python bench/omics_models.py --out /tmp/omics_models --summary-only
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ PAPER = {"snn": {"blca": 0.606, "brca": 0.580, "kirp": 0.780, "ucec": 0.550},
 SMALL = dict(depth=1, num_latents=8, latent_dim=32, heads=2, self_heads=2, dim_head=16, token_dim=16)
 HEALNET_TRAINING = dict(batch_size=16, grad_accumulation=1, lr=5e-4, epochs=20)
 
-log = logging.getLogger("bench_omics_models")
+log = logging.getLogger("omics_models")
 
 
 def candidates(training, feature_tokens: bool = False) -> dict:
