@@ -7,7 +7,7 @@ train and an inner `val` part (stratified on bin x event, `healnet.survival.spli
 records the inner-val c-index after every epoch, averages the curves over `repeats` inner splits,
 and returns, per candidate, the epoch where the (3-epoch moving average) curve peaks and its value.
 The winner and its epoch count are then trained on the whole training part of the fold and scored
-on `test` once (bench/omics_models.py). tests/test_select.py poisons the test labels and
+on `test` once (bench/omics_models.py). tests/test_cox.py poisons the test labels and
 checks that nothing chosen changes.
 """
 
