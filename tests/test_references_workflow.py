@@ -67,11 +67,11 @@ def test_same_patients_column_on_the_demo(repo, tmp_path):
     from healnet.demo.inprocess import run_demo
 
     raw = yaml.safe_load((repo / "config.yaml").read_text())
-    raw["demo"].update(n_patients=24, seed=0, slide_size_um=[400.0, 300.0], frac_no_slide=0.2, frac_no_omics=0.2)
+    raw["demo"].update(n_patients=24, seed=0, slide_size_um=[800.0, 600.0], frac_no_slide=0.2, frac_no_omics=0.2)
     raw["splits"]["n_folds"] = 3
     raw["encoders"]["tiny"] = {"model": "resnet18", "truncate_after": "layer2", "pretrained": False}
     raw["cohorts"]["demo"].update(encoder="tiny", models=["snn", "abmil", "cox_clinical"])
-    raw["training"].update(epochs=1, seeds=2)
+    raw["cohorts"]["demo"]["training"] = {**raw["cohorts"]["demo"].get("training", {}), "epochs": 1, "seeds": 2}
     table = run_demo(parse_config(raw), tmp_path).set_index(["model", "fold"])
     res = tmp_path / "results" / "demo" / "models"
     for k in range(3):
