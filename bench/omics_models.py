@@ -98,7 +98,11 @@ def append(path: Path, rows: list[dict], columns: list[str] | None = None) -> No
     df.to_csv(path, sep="\t", index=False, mode="a", header=not path.exists())
 
 
-def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set, feature_tokens: bool = False) -> None:
+MODELS = ["coxnet", "cox_clinical", "snn", "healnet"]
+
+
+def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set, feature_tokens: bool = False,
+             models: list[str] = MODELS) -> None:
     from healnet.config import with_keys
     from healnet.training.data import load_fold_data
     from healnet.training.loop import train_fold
@@ -114,7 +118,7 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
         "snn": ("snn", ["omics"], dict(cfg.models["snn"].params), with_keys(training, cfg.models["snn"].training)),
     }
     for model, (arch, mods, params, tcfg) in jobs.items():
-        if (cohort, k, model) in skip:
+        if (cohort, k, model) in skip or model not in models:
             continue
         t0 = time.perf_counter()
         frame = train_fold(data, arch, mods, params, tcfg, k, runs / model / f"fold{k}", model, threads=1)
@@ -122,7 +126,7 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
                 for r in score(frame, data.edges)]
         append(out / "results.tsv", rows, RESULT_COLUMNS)
         log.info("%s fold %d %s: %s", cohort, k, model, [round(r["cindex"], 3) for r in rows])
-    if (cohort, k, "healnet") in skip:
+    if (cohort, k, "healnet") in skip or "healnet" not in models:
         return
     t0 = time.perf_counter()
     cands = candidates(training, feature_tokens)
@@ -139,7 +143,8 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
 
 
 def summary(out: Path) -> str:
-    res = pd.read_csv(out / "results.tsv", sep="\t")
+    res = pd.concat([pd.read_csv(f, sep="\t") for f in sorted(out.glob("**/results.tsv"))], ignore_index=True)
+    res = res.drop_duplicates(["cohort", "fold", "model", "seed"])
     per_fold = res.groupby(["cohort", "model", "fold"])["cindex"].agg(["mean", "std", "count"]).reset_index()
     per_fold["std"] = res.groupby(["cohort", "model", "fold"])["cindex"].std(ddof=0).to_numpy()
     lines = ["| model | " + " | ".join(c.upper() for c in COHORTS_ORDER if c in set(res["cohort"])) + " |"]
@@ -159,9 +164,9 @@ def summary(out: Path) -> str:
     for model, values in PAPER.items():
         lines.append(f"| paper {model} | " + " | ".join(f"{values[c]:.3f}" for c in cohorts) + " |")
     text = "\n".join(lines)
-    sel = out / "selection.tsv"
-    if sel.exists():
-        s = pd.read_csv(sel, sep="\t")
+    sels = sorted(out.glob("**/selection.tsv"))
+    if sels:
+        s = pd.concat([pd.read_csv(f, sep="\t") for f in sels], ignore_index=True)
         won = s[s["chosen"]].groupby("cohort")["candidate"].agg(lambda v: ", ".join(v))
         text += "\n\ninner-validation choice per fold: " + "; ".join(f"{c}: {w}" for c, w in won.items())
         text += "\nmean inner-val c-index per candidate:\n" + s.pivot_table(
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cohorts", nargs="+", default=COHORTS_ORDER)
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--feature-tokens", action="store_true", help="also a per-feature-token candidate (4x the cost)")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         for cohort in args.cohorts:
             d = prepare(cohort, args.out, cfg.omics, cfg.labels, cfg.splits)
             for k in args.folds:
-                run_fold(cohort, k, d, args.out, cfg, args.seeds, done, args.feature_tokens)
+                run_fold(cohort, k, d, args.out, cfg, args.seeds, done, args.feature_tokens, args.models)
     print(summary(args.out))
     return 0
 
