@@ -142,32 +142,48 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
     log.info("%s fold %d healnet (%s): %s", cohort, k, rows[0]["recipe"], [round(r["cindex"], 3) for r in rows])
 
 
-def summary(out: Path) -> str:
-    res = pd.concat([pd.read_csv(f, sep="\t") for f in sorted(out.glob("**/results.tsv"))], ignore_index=True)
-    res = res.drop_duplicates(["cohort", "fold", "model", "seed"])
-    per_fold = res.groupby(["cohort", "model", "fold"])["cindex"].agg(["mean", "std", "count"]).reset_index()
-    per_fold["std"] = res.groupby(["cohort", "model", "fold"])["cindex"].std(ddof=0).to_numpy()
-    lines = ["| model | " + " | ".join(c.upper() for c in COHORTS_ORDER if c in set(res["cohort"])) + " |"]
-    cohorts = [c for c in COHORTS_ORDER if c in set(res["cohort"])]
-    lines.append("|---|" + "---|" * len(cohorts))
-    for model in ["healnet", "snn", "coxnet", "cox_clinical"]:
+def fold_table(per_fold: pd.DataFrame, cohorts: list[str], folds: dict[str, set] | None = None) -> list[str]:
+    """Markdown rows: per model and cohort, mean +- std over folds of the per-fold mean over seeds."""
+    lines = ["| model | " + " | ".join(c.upper() for c in cohorts) + " |", "|---|" + "---|" * len(cohorts)]
+    for model in MODELS_SHOWN:
         cells = []
         for c in cohorts:
             f = per_fold[(per_fold["cohort"] == c) & (per_fold["model"] == model)]
+            if folds is not None:
+                f = f[f["fold"].isin(folds.get(c, set()))]
             if f.empty:
                 cells.append("-")
                 continue
             seeds = int(f["count"].max())
-            seed_sd = f"; seed sd {f['std'].mean():.3f}" if seeds > 1 else ""
+            seed_sd = f", seed sd {f['std'].mean():.3f}" if seeds > 1 else ""
             cells.append(f"{f['mean'].mean():.3f} +- {f['mean'].std(ddof=0):.3f} ({len(f)} folds{seed_sd})")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     for model, values in PAPER.items():
         lines.append(f"| paper {model} | " + " | ".join(f"{values[c]:.3f}" for c in cohorts) + " |")
+    return lines
+
+
+MODELS_SHOWN = ["healnet", "snn", "coxnet", "cox_clinical"]
+
+
+def summary(out: Path) -> str:
+    res = pd.concat([pd.read_csv(f, sep="\t") for f in sorted(out.glob("**/results.tsv"))], ignore_index=True)
+    res = res.drop_duplicates(["cohort", "fold", "model", "seed"])
+    grouped = res.groupby(["cohort", "model", "fold"])["cindex"]
+    per_fold = grouped.agg(["mean", "count"]).reset_index()
+    per_fold["std"] = grouped.std(ddof=0).to_numpy()  # seed spread within the fold
+    cohorts = [c for c in COHORTS_ORDER if c in set(res["cohort"])]
+    lines = ["All folds each model has (mean over seeds per fold; +- std over folds; seed sd: mean within-fold "
+             "std over seeds):", ""] + fold_table(per_fold, cohorts)
+    deep = {c: set(per_fold[(per_fold["cohort"] == c) & (per_fold["model"] == "healnet")]["fold"]) for c in cohorts}
+    lines += ["", "Only the folds where HEALNet finished (same folds for every model): "
+              + "; ".join(f"{c}: {sorted(deep[c])}" for c in cohorts), ""] + fold_table(per_fold, cohorts, deep)
     text = "\n".join(lines)
     sels = sorted(out.glob("**/selection.tsv"))
     if sels:
         s = pd.concat([pd.read_csv(f, sep="\t") for f in sels], ignore_index=True)
-        won = s[s["chosen"]].groupby("cohort")["candidate"].agg(lambda v: ", ".join(v))
+        won = s[s["chosen"]].sort_values(["cohort", "fold"]).groupby("cohort").apply(
+            lambda g: ", ".join(f"{f}: {c} ({e} ep)" for f, c, e in zip(g["fold"], g["candidate"], g["epochs"])))
         text += "\n\ninner-validation choice per fold: " + "; ".join(f"{c}: {w}" for c, w in won.items())
         text += "\nmean inner-val c-index per candidate:\n" + s.pivot_table(
             index="candidate", columns="cohort", values="score", aggfunc="mean").round(3).to_string()
