@@ -294,6 +294,10 @@ def inspect_models(models, models_dir, preds, cohort: Cohort, eval_cfg, out_dir,
                                       "modality": m, "file": png.name})
                 else:
                     names = ckpt["feature_names"].get(m) or [f"{m}_{i}" for i in range(len(scores))]
+                    if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
+                        log.info("model %s: %d %s tokens for %d features: no per-feature ranking", model,
+                                 len(scores), m, len(names))
+                        continue
                     values = batch[m][0].cpu().numpy()
                     tsv = out_dir / f"{stem}_{m}_top{eval_cfg.inspect_top_features}.tsv"
                     write_tsv(top_features(scores, names, values, eval_cfg.inspect_top_features), tsv)

@@ -206,6 +206,9 @@ def _inspect(model, models_dir: Path, cohort, sheet, eval_cfg, paper_cfg, patchi
                 index.append({**base, "modality": m, "kind": "top_patches", "file": f"{case}_top_patches.png"})
         else:
             names = ckpt["feature_names"].get(m) or [f"{m}_{i}" for i in range(len(scores))]
+            if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
+                log.info("model %s: %d %s tokens for %d features: no per-feature ranking", model, len(scores), m, len(names))
+                continue
             top = top_features(scores, names, batch[m][0].cpu().numpy(), eval_cfg.inspect_top_features)
             stem = f"{case}_{m}_top_features"
             write_tsv(top, out / f"{stem}.tsv", float_format="%.6g")
