@@ -349,6 +349,7 @@ TINY = {
     "cohorts": {"demo": {"encoder": "tiny", "training": {"epochs": 1}}},  # over the demo's own 40
     "features": {"batch_size": 32, "num_workers": 0},
     "splits": {"n_folds": 2},
+    "labels": {"edges_from": "cohort"},  # 4 training patients per fold cannot make 4 bins of their own
     "training": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "max_patches": 16, "device": "cpu"},
     "evaluation": {"inspect_thumbnail_px": 128, "inspect_top_features": 5},
     "paper": {"top_patches": 2},
