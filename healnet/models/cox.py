@@ -86,8 +86,8 @@ class LinearCox(nn.Module):
         """Fit on training patients only: x (n, F), time, event (1 = observed); returns what was chosen."""
         x = np.asarray(x, dtype=np.float64)
         event = np.asarray(event).astype(int)
-        if event.sum() < 2:
-            raise ValueError(f"{self.name}: {int(event.sum())} events among {len(event)} training patients; need >= 2")
+        if event.sum() < 1:
+            raise ValueError(f"{self.name}: no event among the {len(event)} training patients; a Cox model needs one")
         center, sd = x.mean(axis=0), x.std(axis=0)
         self.center.copy_(torch.as_tensor(center))
         self.scale.copy_(torch.as_tensor(np.where(sd > 0, sd, 1.0)))
@@ -154,14 +154,22 @@ class CoxNet(LinearCox):
             warnings.simplefilter("ignore")  # convergence chatter on small inner folds; the choice is logged
             full = self._model().fit(z, y)
             alphas = full.alphas_
+            if event.sum() < self.inner_folds:  # no inner fold could hold an event: no CV possible
+                best = int(np.flatnonzero(np.abs(full.coef_).sum(axis=0) > 0)[:1].tolist()[0]
+                           if np.abs(full.coef_).sum() > 0 else len(alphas) - 1)
+                log.warning("coxnet: %d events < %d inner folds: no inner CV; alpha %.4g, the strongest penalty "
+                            "with a nonzero coefficient", int(event.sum()), self.inner_folds, alphas[best])
+                return full.coef_[:, best].copy(), {"alpha": float(alphas[best]), "inner_cindex": float("nan")}
             scores = []
             for tr, va in stratified_folds(event, self.inner_folds, seed):
                 inner = self._model(alphas).fit(z[tr], y[tr])
                 lp = z[va] @ inner.coef_  # (n_val, n_alphas): every alpha of the path at once
                 scores.append([cindex(time[va], event[va], lp[:, j]) for j in range(lp.shape[1])])
         scores = np.asarray(scores, dtype=float)
-        mean = np.nanmean(scores, axis=0)
-        best = int(np.nanargmax(mean))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an alpha no inner fold could score
+            mean = np.nanmean(scores, axis=0)
+        best = int(np.nanargmax(mean)) if np.isfinite(mean).any() else len(alphas) - 1
         log.info("coxnet: alpha %.4g chosen by %d-fold inner CV (c-index %.3f) of %d alphas",
                  alphas[best], len(scores), mean[best], len(alphas))
         return full.coef_[:, best].copy(), {"alpha": float(alphas[best]), "inner_cindex": float(mean[best])}
