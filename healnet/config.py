@@ -251,13 +251,17 @@ class Omics(Strict):
     )
     drop_train_constant: bool = Field(True, description="Drop features constant on the training split of a fold.")
     missing_indicator: bool = Field(False, description="Append a 0/1 column per feature with missing train values.")
-    clinical_features: bool = Field(False, description="Add age and sex as features.")
+    clinical_features: bool = Field(
+        False, description="Keep age and sex (`age_clinical`, `is_female_clinical`): the `clinical` modality of a "
+        "model (e.g. cox_clinical, or healnet with modalities [omics, clinical]); never part of `omics`.",
+    )
 
 
 class Labels(Strict):
     n_bins: int = Field(4, ge=2)
     edges_from: Literal["cohort", "train"] = Field(
-        "cohort", description="Bin edges from the whole cohort (published baselines) or each fold's training split."
+        "train", description="Bin edges from each fold's training split (nothing of the test patients shapes "
+        "training) or, as the published baselines, from the whole cohort.",
     )
     eps: float = Field(1e-6, gt=0, description="Outer edges are the cohort min - eps and max + eps.")
 
@@ -273,6 +277,10 @@ class Training(Strict):
 
     models: list[str] = ["healnet"]
     seed: int = Field(0, description="Seed of fold k is seed + k (init, sampling, patch subsets, dropout).")
+    seeds: int = Field(
+        1, ge=1, description="Train each fold this many times (seed s: seed + k + 1000 s); cindex.tsv reports the "
+        "mean over seeds per fold and their spread (3 for the paper's figures). Closed-form models fit once.",
+    )
     epochs: int = Field(20, ge=1, description="Fixed epoch budget (the published protocol).")
     batch_size: int = Field(1, ge=1, description="Patients per micro-batch (WSI bags are padded + masked).")
     grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimiser step (exact: per-sample mean).")
@@ -335,6 +343,11 @@ class Paper(Strict):
         ["snn", "abmil", "porpoise", "mcat", "perceiver", "healnet"],
         description="Rows of Table 1 (keys of `models`); trained on every paper cohort with the `train` rule.",
     )
+    references: list[str] = Field(
+        [],
+        description="Classical reference rows appended to Table 1 (keys of `models`; config.yaml: [coxnet, "
+        "cox_clinical]), trained like the others; left out of Table 2 and the uplift figure.",
+    )
     missing_model: str | None = Field(
         "healnet",
         description="Table 2: the model given one modality per test patient (evaluation.missing_seed); "
@@ -355,7 +368,7 @@ class Paper(Strict):
 
     def needed_models(self) -> list[str]:
         """Every model a paper cohort trains: the table rows, the XOR pair, the inspected model."""
-        names = list(self.models)
+        names = list(self.models) + list(self.references)
         if self.missing_model:
             names += [self.missing_model, *self.unimodal.values()]
         if self.inspect_model:
@@ -437,7 +450,7 @@ class Config(Strict):
         for model in p.needed_models():
             if model not in self.models:
                 raise ValueError(
-                    f"paper: unknown model {model!r} (models, missing_model, unimodal, inspect_model); "
+                    f"paper: unknown model {model!r} (models, references, missing_model, unimodal, inspect_model); "
                     f"defined in `models`: {sorted(self.models)}"
                 )
         if p.missing_model:

@@ -4,7 +4,11 @@
   patients): `cindex` (published convention, `healnet.survival.metrics.cindex`), `cindex_td` and
   `ibs` (pycox), `n` patients, `events`, `excluded` (test patients without any of the model's
   modalities, left out); then per model a `mean` and a `std` row (std over folds, ddof 0 as
-  numpy / the published code).
+  numpy / the published code). With `training.seeds` > 1 a fold's metrics are the mean over its
+  seeds (`seeds` runs; predictions.tsv has a `seed` column) and `cindex_seed_std` is their spread:
+  the `std` row's `cindex` is the fold spread, the `mean` row's `cindex_seed_std` the mean seed
+  spread. `cindex_common` scores each model on the fold's test patients that every evaluated model
+  scores (`n_common`), so a unimodal and a multimodal model can be compared on the same patients.
 - `cindex_missing.tsv`: models with >= 2 modalities re-run on the test patients with (a) only
   modality m for every patient who has it (`<m>_only`, e.g. `wsi_only`, `omics_only`), (b) each
   patient given exactly one of its modalities, chosen uniformly by `evaluation.missing_seed`
@@ -34,7 +38,10 @@ from healnet.survival.metrics import cindex, pycox_metrics
 log = logging.getLogger(__name__)
 
 METRICS = ["cindex", "cindex_td", "ibs"]
-COLUMNS = ["model", "fold", *METRICS, "n", "events", "excluded"]
+# seeds: training runs averaged in the fold's row; cindex_seed_std: their spread (ddof 0);
+# cindex_common / n_common: the c-index on the test patients that every evaluated model scores.
+EXTRA = ["seeds", "cindex_seed_std", "cindex_common", "n_common"]
+COLUMNS = ["model", "fold", *METRICS, "n", "events", "excluded", *EXTRA]
 MISSING_COLUMNS = ["model", "scenario", "fold", *METRICS, "n", "events", "excluded"]
 
 
@@ -62,10 +69,35 @@ def metrics_of(pred: pd.DataFrame, edges: Sequence[float], n_grid: int = 100) ->
     return row
 
 
+def first_seed(pred: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the first training seed of a predictions.tsv (one row per patient)."""
+    return pred[pred["seed"] == pred["seed"].min()] if "seed" in pred.columns else pred
+
+
+def seed_metrics(pred: pd.DataFrame, edges: Sequence[float], n_grid: int = 100,
+                 patients: set[str] | None = None) -> dict:
+    """`metrics_of` per training seed of a predictions.tsv, averaged; `cindex_seed_std` their spread.
+
+    `patients`: score only these case_ids (the same-patients comparison)."""
+    seeds = sorted(pred["seed"].unique()) if "seed" in pred.columns else [0]
+    per_seed = []
+    for s in seeds:
+        p = pred[pred["seed"] == s] if "seed" in pred.columns else pred
+        if patients is not None:
+            p = p[p["case_id"].isin(patients)]
+        per_seed.append(metrics_of(p, edges, n_grid))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row = {m: float(np.nanmean([r[m] for r in per_seed])) for m in METRICS}
+        row["cindex_seed_std"] = float(np.nanstd([r["cindex"] for r in per_seed]))
+    row.update(n=per_seed[0]["n"], events=per_seed[0]["events"], seeds=len(seeds))
+    return row
+
+
 def with_summary(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Append `mean` and `std` rows (over folds, NaN folds ignored) per group of `keys`."""
     out = [rows]
-    num = [*METRICS, "n", "events", "excluded"]
+    num = [c for c in (*METRICS, "n", "events", "excluded", *EXTRA) if c in rows.columns]
     for group, df in rows.groupby(keys, sort=False):
         group = group if isinstance(group, tuple) else (group,)
         values = df[num].to_numpy(dtype=float)
@@ -76,7 +108,7 @@ def with_summary(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             out.append(pd.DataFrame([{**dict(zip(keys, group)), "fold": stat, **dict(zip(num, v))}]))
     table = pd.concat(out, ignore_index=True)
     per_fold = ~table["fold"].isin(["mean", "std"])
-    for col in ("n", "events", "excluded"):  # counts stay integers in the per-fold rows
+    for col in [c for c in ("n", "events", "excluded", "seeds", "n_common") if c in table.columns]:  # counts stay integers in the per-fold rows
         table[col] = pd.Series([int(v) if f and v == v else v for f, v in zip(per_fold, table[col])], dtype=object)
     return table
 
@@ -152,7 +184,7 @@ def evaluate_cohort(
     from healnet.training.loop import load_model, predict
 
     folds = cohort.fold_files
-    rows, missing_rows, preds = [], [], {}
+    rows, missing_rows, preds, edges = [], [], {}, {}
     for model in models:
         for k in sorted(folds):
             run = Path(models_dir) / model / f"fold{k}"
@@ -164,14 +196,22 @@ def evaluate_cohort(
                     )
             pred = pd.read_csv(run / "predictions.tsv", sep="\t", dtype={"case_id": str})
             ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-            row = {"model": model, "fold": str(k), **metrics_of(pred, ckpt["edges"], eval_cfg.ibs_grid_points)}
-            row["excluded"] = cohort.n_test(k) - len(pred)
+            row = {"model": model, "fold": str(k), **seed_metrics(pred, ckpt["edges"], eval_cfg.ibs_grid_points)}
+            row["excluded"] = cohort.n_test(k) - row["n"]
             if row["excluded"]:
                 log.warning("model %s fold %d: %d test patients without any of its modalities %s, left out",
                             model, k, row["excluded"], ckpt["modalities"])
             rows.append(row)
-            preds[(model, k)] = pred.assign(fold=k)
-            log.info("model %s fold %d: c-index %.4f (n %d, events %d)", model, k, row["cindex"], row["n"], row["events"])
+            preds[(model, k)] = first_seed(pred).assign(fold=k)
+            edges[(model, k)] = ckpt["edges"]
+            log.info("model %s fold %d: c-index %.4f (n %d, events %d, %d seed(s))", model, k, row["cindex"],
+                     row["n"], row["events"], row["seeds"])
+    for row in rows:  # the same-patients comparison: the test patients every model scores
+        k = int(row["fold"])
+        common = set.intersection(*(set(p["case_id"]) for (m, f), p in preds.items() if f == k))
+        pred = pd.read_csv(Path(models_dir) / row["model"] / f"fold{k}" / "predictions.tsv", sep="\t", dtype={"case_id": str})
+        row["cindex_common"] = seed_metrics(pred, edges[(row["model"], k)], eval_cfg.ibs_grid_points, common)["cindex"]
+        row["n_common"] = len(common)
     table = with_summary(pd.DataFrame(rows, columns=COLUMNS), ["model"])[COLUMNS]
     write_tsv(table, out_cindex)
 
@@ -254,6 +294,10 @@ def inspect_models(models, models_dir, preds, cohort: Cohort, eval_cfg, out_dir,
                                       "modality": m, "file": png.name})
                 else:
                     names = ckpt["feature_names"].get(m) or [f"{m}_{i}" for i in range(len(scores))]
+                    if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
+                        log.info("model %s: %d %s tokens for %d features: no per-feature ranking", model,
+                                 len(scores), m, len(names))
+                        continue
                     values = batch[m][0].cpu().numpy()
                     tsv = out_dir / f"{stem}_{m}_top{eval_cfg.inspect_top_features}.tsv"
                     write_tsv(top_features(scores, names, values, eval_cfg.inspect_top_features), tsv)

@@ -55,7 +55,9 @@ def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise ValueError(
                 f"predictions file {path}: missing columns {sorted(missing)}; regenerate it with `healnet train`"
             )
-        frames.append(df.assign(model=model, fold=fold))
+        from healnet.evaluate import first_seed
+
+        frames.append(first_seed(df).assign(model=model, fold=fold))  # seed 0: one row per patient
     if not frames:
         raise ValueError("no predictions files given; pass --predictions results/<cohort>/models/*/fold*/predictions.tsv")
     return pd.concat(frames, ignore_index=True)

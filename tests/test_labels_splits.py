@@ -86,7 +86,7 @@ def test_bins_follow_the_published_convention():
 def test_bins_from_training_patients_only():
     labels = labels_frame()
     train = labels.index[:40]
-    assert bins_for_fold(labels, train, Labels()).equals(labels["bin"])
+    assert bins_for_fold(labels, train, Labels(edges_from="cohort")).equals(labels["bin"])
     fold_bins = bins_for_fold(labels, train, Labels(edges_from="train"))
     tr = labels.loc[train]
     edges = bin_edges(tr["survival_months"], tr["event"], 4)

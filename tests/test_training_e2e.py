@@ -13,6 +13,7 @@ import torch
 from healnet.cli import main
 from healnet.io import write_tsv
 from healnet.survival.labels import assign_bins, bin_edges
+from healnet.survival.metrics import cindex
 from healnet.wsi.store import write_feature_store
 
 
@@ -25,6 +26,9 @@ SPECS = {
     "healnet_wsi": {"architecture": "healnet", "modalities": ["wsi"],
                     "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}},
 }
+# The bins of labels.tsv (cohort edges): 18 training patients per fold are too few for stable quartiles
+# of their own (labels.edges_from: train, the default, is tested in test_labels_splits and test_cox).
+LABELS = json.dumps({"edges_from": "cohort"})
 TRAINING = {"epochs": 3, "batch_size": 4, "grad_accumulation": 1, "lr": 3e-3, "device": "cpu", "max_patches": 16}
 
 
@@ -73,6 +77,7 @@ def cohort(tmp_path_factory, shared_data):
                 "--fold", str(k), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
                 "--sheet", str(root / "slides.tsv"), "--model", model, "--spec", json.dumps(spec),
                 "--training", json.dumps(TRAINING), "--outdir", str(root / "models" / model / f"fold{k}"),
+                "--labels-params", LABELS,
             ])
             assert rc == 0
     rc = main([
@@ -83,6 +88,7 @@ def cohort(tmp_path_factory, shared_data):
         "--missing", str(root / "cindex_missing.tsv"), "--inspect", str(root / "inspect"),
         "--versions", str(root / "versions.tsv"),
         "--params", json.dumps({"inspect_top_features": 3}), "--training", json.dumps(TRAINING),
+        "--labels-params", LABELS,
     ])
     assert rc == 0
     return root
@@ -100,7 +106,8 @@ def test_predictions_cover_each_models_patients(cohort):
 
 def test_cindex_table(cohort):
     table = pd.read_csv(cohort / "cindex.tsv", sep="\t", dtype={"fold": str})
-    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded"]
+    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded",
+                                   "seeds", "cindex_seed_std", "cindex_common", "n_common"]
     assert table["fold"].tolist() == ["0", "1", "0", "1", "mean", "std", "mean", "std"]
     rows = table.set_index(["model", "fold"])
     assert rows.loc[("healnet", "0"), "n"] == 18 and rows.loc[("healnet", "0"), "excluded"] == 0
@@ -109,6 +116,12 @@ def test_cindex_table(cohort):
     assert rows.loc[("healnet", "mean"), "cindex"] == pytest.approx(per_fold["cindex"].mean())
     assert rows.loc[("healnet", "std"), "cindex"] == pytest.approx(per_fold["cindex"].std(ddof=0))
     assert table["cindex"].between(0, 1).all() and table["ibs"].iloc[:4].between(0, 1).all()
+    # same patients: healnet_wsi scores 15 of fold 0's 18 test patients, so both are scored on those 15
+    assert rows.loc[("healnet", "0"), "n_common"] == rows.loc[("healnet_wsi", "0"), "n_common"] == 15
+    pred = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t")
+    common = pred[pred["case_id"].isin(pd.read_csv(cohort / "models/healnet_wsi/fold0/predictions.tsv", sep="\t")["case_id"])]
+    assert rows.loc[("healnet", "0"), "cindex_common"] == pytest.approx(cindex(common["time"], common["event"], common["risk"]))
+    assert rows.loc[("healnet_wsi", "0"), "cindex_common"] == pytest.approx(rows.loc[("healnet_wsi", "0"), "cindex"])
     # the planted signal is learned by the multimodal model
     assert rows.loc[("healnet", "mean"), "cindex"] > 0.6
 

@@ -102,7 +102,7 @@ def test_train_fold_learns_writes_outputs_and_is_deterministic(tmp_path):
         frames.append(train_fold(data, "healnet", ["wsi", "omics"], SMALL, cfg, 0, tmp_path / run, "healnet"))
     pd.testing.assert_frame_equal(frames[0], frames[1])
     pred = pd.read_csv(tmp_path / "a" / "predictions.tsv", sep="\t")
-    assert list(pred.columns) == ["case_id", "risk", "surv_0", "surv_1", "surv_2", "surv_3", "modalities", "event", "time", "bin"]
+    assert list(pred.columns) == ["case_id", "seed", "risk", "surv_0", "surv_1", "surv_2", "surv_3", "modalities", "event", "time", "bin"]
     assert len(pred) == 30 and set(pred["modalities"]) <= {"wsi+omics", "wsi", "omics"}
     assert np.allclose(pred["risk"], -pred[[f"surv_{j}" for j in range(4)]].sum(axis=1))
     from healnet.survival.metrics import cindex

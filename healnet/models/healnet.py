@@ -20,7 +20,8 @@ Tokens (one per input element, as in the paper, not the reference code's single 
   each layer's keys and values come from its LayerNorm affine folded into its key/value weights
   (`attention.normed_linears`, the math unchanged); a 1024-d bag is never normed into a copy.
   Cost and memory against the original form: bench/README.md (`bench/bench_healnet.py`).
-- tabular (omics, rnaseq, cnv, mut, clinical): one token per feature. `feature_encoding="learned"`:
+- tabular (omics, rnaseq, cnv, mut, clinical): by default one token per feature (`omics_tokens`:
+  also one token per modality or a few per gene family, healnet/models/omics_tokens.py). `feature_encoding="learned"`:
   token_f = v_f * W_f + E_f (a per-feature value embedding plus a learned feature identity, as in
   FT-Transformer); `"fourier"`: token_f = [v_f, fourier(position of f)] as in Perceiver/HEALNet.
 
@@ -39,6 +40,7 @@ import torch.nn as nn
 
 from healnet.models import register
 from healnet.models.attention import Attention, FeedForward, normed_linears
+from healnet.models.omics_tokens import omics_tokenizer
 
 WSI = "wsi"
 
@@ -140,6 +142,10 @@ class HEALNet(nn.Module):
         max_freq: float = 10.0,
         temperature: float = 1.0,
         out_activation: bool = False,
+        omics_tokens: str = "feature",
+        tokens_per_group: int = 2,
+        signatures: str | None = None,
+        feature_names: dict[str, list[str]] | None = None,
     ):
         super().__init__()
         if not input_dims:
@@ -156,8 +162,11 @@ class HEALNet(nn.Module):
             elif m == WSI:
                 self.tokenizers[m] = PatchTokens(size, wsi_token_dim)
                 token_dims[m] = wsi_token_dim
-            else:
-                tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
+            else:  # omics tokenisation: healnet/models/omics_tokens.py (age and sex: one token each)
+                if omics_tokens == "feature" or m == "clinical":
+                    tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
+                else:
+                    tok = omics_tokenizer(omics_tokens, m, size, token_dim, feature_names, signatures, tokens_per_group)
                 self.tokenizers[m] = tok
                 token_dims[m] = tok.out_dim
         hp = dict(
@@ -229,7 +238,8 @@ class HEALNet(nn.Module):
                 idx = idxs[m]
                 if idx.numel() == 0:
                     if return_attention:
-                        n = batch[m].shape[1] if m in batch else 0  # tokens: one per patch or feature
+                        # tokens: one per patch; per feature, modality or gene-family group
+                        n = (tokens[m] if m in tokens else batch[m]).shape[1] if m in batch else 0
                         attention[m].append(torch.full((b, n), float("nan"), device=device))
                     continue
                 everyone = idx.numel() == b

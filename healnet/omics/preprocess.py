@@ -155,8 +155,8 @@ class OmicsTransform:
         return [n for t in self._types(name) for n in self.feature_names[t]]
 
     def _types(self, name: str) -> list[str]:
-        if name == "omics":
-            return list(self.blocks)
+        if name == "omics":  # the omic types; age and sex are the separate `clinical` modality
+            return [t for t in self.blocks if t != "clinical"]
         if name not in self.blocks:
             raise ValueError(f"omics modality {name!r} has no features in this cohort; available: {['omics', *self.blocks]}")
         return [name]

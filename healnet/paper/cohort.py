@@ -67,7 +67,7 @@ def xor_baseline(cohort, models_dir: str | Path, missing_model: str, unimodal: M
     `cohort` is a `healnet.evaluate.Cohort`. The per-patient table also holds `missing_model`'s risk
     for the same patient given the same modality (`paired_risk`), for paired comparisons.
     """
-    from healnet.evaluate import MISSING_COLUMNS, metrics_of, scenario_masks
+    from healnet.evaluate import MISSING_COLUMNS, first_seed, metrics_of, scenario_masks
     from healnet.survival.metrics import cindex
     from healnet.training.loop import load_model, predict
 
@@ -85,7 +85,8 @@ def xor_baseline(cohort, models_dir: str | Path, missing_model: str, unimodal: M
         keep, present = scenario_masks(data, idx, mods, eval_cfg.missing_seed + k)["one_random"]
         given = given_modality(present, keep, mods, data.case_ids)
         preds = {
-            m: pd.read_csv(Path(models_dir) / model / f"fold{k}" / "predictions.tsv", sep="\t", dtype={"case_id": str})
+            m: first_seed(pd.read_csv(Path(models_dir) / model / f"fold{k}" / "predictions.tsv", sep="\t",
+                                      dtype={"case_id": str}))  # seed 0, the checkpoint's run
             for m, model in unimodal.items() if m in mods
         }
         frame = xor_frame(given, preds, unimodal)

@@ -147,6 +147,7 @@ def inspect_cohort(model: str | None, models_dir: str | Path, cohort, sheet: str
 def _inspect(model, models_dir: Path, cohort, sheet, eval_cfg, paper_cfg, patching_cfg, out: Path, device: str) -> list[dict]:
     import torch
 
+    from healnet.evaluate import first_seed
     from healnet.inspect.attention import mean_over_layers, save_heatmap, top_features
     from healnet.training.data import WSI, make_batch
     from healnet.training.loop import load_model
@@ -155,7 +156,7 @@ def _inspect(model, models_dir: Path, cohort, sheet, eval_cfg, paper_cfg, patchi
         log.info("paper.inspect_model is null: no inspection")
         return []
     preds = pd.concat(
-        [pd.read_csv(models_dir / model / f"fold{k}" / "predictions.tsv", sep="\t", dtype={"case_id": str}).assign(fold=k)
+        [first_seed(pd.read_csv(models_dir / model / f"fold{k}" / "predictions.tsv", sep="\t", dtype={"case_id": str})).assign(fold=k)
          for k in sorted(cohort.fold_files)],
         ignore_index=True,
     )
@@ -205,6 +206,9 @@ def _inspect(model, models_dir: Path, cohort, sheet, eval_cfg, paper_cfg, patchi
                 index.append({**base, "modality": m, "kind": "top_patches", "file": f"{case}_top_patches.png"})
         else:
             names = ckpt["feature_names"].get(m) or [f"{m}_{i}" for i in range(len(scores))]
+            if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
+                log.info("model %s: %d %s tokens for %d features: no per-feature ranking", model, len(scores), m, len(names))
+                continue
             top = top_features(scores, names, batch[m][0].cpu().numpy(), eval_cfg.inspect_top_features)
             stem = f"{case}_{m}_top_features"
             write_tsv(top, out / f"{stem}.tsv", float_format="%.6g")

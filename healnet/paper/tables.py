@@ -204,7 +204,8 @@ def write_tables(
         )
     cindex, missing, xor = (_by_cohort(cohorts, paths) for paths in (cindex_paths, missing_paths, xor_paths))
     published = load_published()
-    t1 = table1(cindex, paper_cfg.models, modalities, paper_cfg.published_as, cohort_keys, published)
+    rows = list(paper_cfg.models) + [m for m in paper_cfg.references if m not in paper_cfg.models]
+    t1 = table1(cindex, rows, modalities, paper_cfg.published_as, cohort_keys, published)
     t2 = table2(cindex, missing, xor, paper_cfg.models, modalities, paper_cfg.missing_model,
                 paper_cfg.unimodal, paper_cfg.published_as, cohort_keys, published)
     write_tsv(t1, out_table1, float_format="%.4f")
@@ -213,7 +214,10 @@ def write_tables(
         markdown(t1, cohorts, ["model", "modalities"], "Table 1: c-index (mean ± std over folds)")
         + "\n"
         + markdown(t2, cohorts, ["model", "scenario"], "Table 2: missing modalities at inference (c-index)")
-        + f"\n{CITATION} Cohort columns without a published value show –.\n"
+        + f"\n{CITATION} Cohort columns without a published value show –."
+        + (f" Classical references (fitted on each fold's training patients): {', '.join(paper_cfg.references)}."
+           if paper_cfg.references else "")
+        + "\n"
     )
     write_text(md, out_table1_md)
     for _, r in t1.iterrows():

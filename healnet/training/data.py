@@ -20,7 +20,8 @@ import torch
 log = logging.getLogger(__name__)
 
 WSI = "wsi"
-OMICS = "omics"  # all omic types of the table concatenated
+OMICS = "omics"  # all omic types of the table concatenated (not the clinical columns)
+CLINICAL = "clinical"  # age, is_female (omics.clinical_features)
 SPLITS = ("train", "val", "test")
 
 
@@ -352,10 +353,13 @@ def _load_tabular(omics_path, case_ids: list[str], train_ids: set[str], omics_cf
             x = np.nan_to_num(x, nan=0.0)
         tabular[kind], present[kind] = x, pres
         names[kind] = list(transform.feature_names[kind])
-    kinds = list(arrays)
-    tabular[OMICS] = np.concatenate([tabular[k] for k in kinds], axis=1)
-    present[OMICS] = np.any([present[k] for k in kinds], axis=0)
-    names[OMICS] = [n for k in kinds for n in names[k]]
+    kinds = [k for k in arrays if k != CLINICAL]  # age and sex are their own modality, never `omics`
+    if kinds:
+        tabular[OMICS] = np.concatenate([tabular[k] for k in kinds], axis=1)
+        present[OMICS] = np.any([present[k] for k in kinds], axis=0)
+        names[OMICS] = [n for k in kinds for n in names[k]]
+    else:
+        present[OMICS] = np.zeros(len(case_ids), dtype=bool)
     n_missing = int((~present[OMICS]).sum())
     if n_missing:
         log.info("%d of %d patients of this fold have no omics (omics-missing)", n_missing, len(case_ids))

@@ -154,35 +154,112 @@ def train_fold(
     model_name: str = "model",
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """Train one model on one fold; write checkpoint.pt, predictions.tsv, train_log.tsv in out_dir.
+    """Train one model on one fold, `cfg.seeds` times; write checkpoint.pt, predictions.tsv, train_log.tsv.
 
-    `cfg` is the `training` config section. Returns the test predictions.
+    `cfg` is the `training` section. Seed s of fold k is `cfg.seed + k + SEED_STRIDE * s`, so seed 0 is
+    the single-seed run. predictions.tsv and train_log.tsv hold every seed's rows (`seed` column);
+    checkpoint.pt is seed 0's model (what missing-modality evaluation and inspection re-run). A
+    closed-form model (`closed_form`, e.g. coxnet) is deterministic and fitted once.
+    Returns the test predictions.
     """
     device = resolve_device(cfg.device)
     if threads:
         torch.set_num_threads(threads)
-    seed = cfg.seed + fold
-    seed_everything(seed, device)
     mods = data.available(modalities)
     if not mods:
         raise ValueError(
             f"model {model_name!r}: no patient of this cohort has any of its modalities {list(modalities)}; "
             "remove the model from the cohort's `models` or provide the data"
         )
+    input_dims = data.input_dims(mods)
+    names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
+    closed_form = bool(getattr(model_class(architecture), "closed_form", False))
+    n_seeds = 1 if closed_form else cfg.seeds
+    frames, logs, checkpoint = [], [], None
+    for s in range(n_seeds):
+        model, train_log, epoch = fit_model(
+            data, architecture, mods, params, cfg, fold, cfg.seed + fold + SEED_STRIDE * s, model_name, device,
+        )
+        test_idx = data.split_indices("test", mods)
+        pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
+        frame = pred.frame(data, test_idx)
+        frame.insert(1, "seed", s)
+        c_test = cindex(frame["time"], frame["event"], frame["risk"])
+        log.info("fold %d seed %d: test c-index %.4f on %d patients", fold, s, c_test, len(frame))
+        frames.append(frame)
+        logs.append(train_log.assign(seed=s))
+        if s == 0:
+            checkpoint = {
+                "model": model_name,
+                "architecture": architecture,
+                "modalities": list(mods),
+                "params": dict(params),
+                "input_dims": input_dims,
+                "n_bins": data.n_bins,
+                "edges": [float(e) for e in data.edges],
+                "feature_names": names,
+                "fold": fold,
+                "epoch": int(epoch),
+                "seeds": n_seeds,
+                "training": cfg.model_dump(),
+                "version": __version__,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    frame = pd.concat(frames, ignore_index=True)
+    write_tsv(pd.concat(logs, ignore_index=True), out / "train_log.tsv")
+    write_tsv(frame, out / "predictions.tsv")
+    return frame
+
+
+SEED_STRIDE = 1000  # seed s of fold k: training.seed + k + 1000 s (s = 0 is the single-seed run)
+
+
+def model_class(architecture: str) -> type:
+    from healnet.models import REGISTRY, _import_all
+
+    _import_all()
+    if architecture not in REGISTRY:
+        raise ValueError(f"unknown model architecture {architecture!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[architecture]
+
+
+def fit_model(
+    data: FoldData,
+    architecture: str,
+    mods: Sequence[str],
+    params: dict,
+    cfg,
+    fold: int,
+    seed: int,
+    model_name: str = "model",
+    device: torch.device | str = "cpu",
+) -> tuple[torch.nn.Module, pd.DataFrame, int]:
+    """Build and train one model on the fold's `train` patients (early stopping on `val` only).
+
+    Returns (model, training log with one row per epoch, the epoch whose weights the model holds).
+    The `test` patients are never read here.
+    """
+    device = torch.device(device)
+    seed_everything(seed, device)
     train_idx = data.split_indices("train", mods)
     val_idx = data.split_indices("val", mods)
-    test_idx = data.split_indices("test", mods)
     if len(train_idx) == 0:
-        raise ValueError(f"fold {fold}: no training patient has any of the modalities {mods}")
+        raise ValueError(f"fold {fold}: no training patient has any of the modalities {list(mods)}")
+    input_dims = data.input_dims(mods)
+    names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
+    model = build_model(architecture, input_dims, data.n_bins, params, names)
+    if getattr(model, "closed_form", False):
+        return fit_closed_form(model, data, train_idx, val_idx, mods, seed, model_name, fold)
     patience = cfg.early_stopping_patience
     if patience is not None and len(val_idx) == 0:
         raise ValueError(
             f"training.early_stopping_patience is {patience} but fold {fold} has no inner `val` patients; "
             "set splits.inner_val_fraction > 0 or remove early_stopping_patience"
         )
-    input_dims = data.input_dims(mods)
-    names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
-    model = build_model(architecture, input_dims, data.n_bins, params, names)
     if cfg.center_wsi_features and WSI in mods:
         center = wsi_feature_mean(data, train_idx)
         if center is not None:
@@ -192,9 +269,9 @@ def train_fold(
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     log.info(
-        "model %s (%s, %d parameters), fold %d: %d train / %d val / %d test patients, modalities %s, device %s",
-        model_name, architecture, sum(p.numel() for p in model.parameters()), fold,
-        len(train_idx), len(val_idx), len(test_idx), mods, device,
+        "model %s (%s, %d parameters), fold %d, seed %d: %d train / %d val patients, modalities %s, device %s",
+        model_name, architecture, sum(p.numel() for p in model.parameters()), fold, seed,
+        len(train_idx), len(val_idx), list(mods), device,
     )
     rows, best, best_state, best_epoch, bad = [], math.inf, None, cfg.epochs, 0
     epochs = tqdm(range(1, cfg.epochs + 1), desc=f"{model_name} fold {fold}", disable=None, unit="epoch")
@@ -225,35 +302,27 @@ def train_fold(
     if best_state is not None:
         model.load_state_dict(best_state)
     train_log = pd.DataFrame(rows)
-    train_log["best"] = train_log["epoch"] == (best_epoch if patience is not None else train_log["epoch"].max())
+    held = best_epoch if patience is not None else len(rows)
+    train_log["best"] = train_log["epoch"] == held
+    return model, train_log, held
 
-    pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
-    frame = pred.frame(data, test_idx)
-    c_test = cindex(frame["time"], frame["event"], frame["risk"])
-    log.info("fold %d: test c-index %.4f on %d patients", fold, c_test, len(frame))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "model": model_name,
-        "architecture": architecture,
-        "modalities": list(mods),
-        "params": dict(params),
-        "input_dims": input_dims,
-        "n_bins": data.n_bins,
-        "edges": [float(e) for e in data.edges],
-        "feature_names": names,
-        "fold": fold,
-        "epoch": int(best_epoch if patience is not None else len(rows)),
-        "training": cfg.model_dump(),
-        "version": __version__,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save(checkpoint, tmp)
-    write_tsv(train_log, out / "train_log.tsv")
-    write_tsv(frame, out / "predictions.tsv")
-    return frame
+def fit_closed_form(model, data: FoldData, train_idx, val_idx, mods, seed: int, model_name: str, fold: int):
+    """A closed-form model (`model.fit`) on the training patients; the log is one row with what it chose."""
+    t0 = time.perf_counter()
+    x = np.concatenate([data.tabular[m][train_idx] for m in mods], axis=1)
+    info = model.fit(x, data.time[train_idx], data.event[train_idx], data.edges, seed=seed)
+    row = {"epoch": 1, "train_loss": math.nan, "val_loss": math.nan, "val_cindex": math.nan}
+    model.eval()
+    row["train_cindex"] = cindex(data.time[train_idx], data.event[train_idx],
+                                 predict(model, data, train_idx, mods, len(train_idx)).risk)
+    if len(val_idx):
+        row["val_cindex"] = cindex(data.time[val_idx], data.event[val_idx],
+                                   predict(model, data, val_idx, mods, len(val_idx)).risk)
+    row.update(seconds=time.perf_counter() - t0, **info)
+    log.info("model %s fold %d: %s fitted on %d training patients: %s", model_name, fold,
+             type(model).__name__, len(train_idx), info)
+    return model, pd.DataFrame([row]).assign(best=True), 1
 
 
 def attach_wsi_center(model: torch.nn.Module, center: np.ndarray | torch.Tensor) -> torch.nn.Module:
