@@ -223,7 +223,7 @@ class Features(Strict):
 
     encoder: str = "resnet50_trunc"
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(1, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
+    num_workers: int = Field(0, ge=0, description="Reader processes, each with its own OpenSlide handle; the "
                              "features rule asks for this + 1 threads. On a GPU node: cores - 1 (bench/README.md).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA, fp32 on the CPU (features independent of the CPU's "
