@@ -47,6 +47,7 @@ OVERRIDE = {
     "encoders": {ENCODER: {"model": "resnet18", "truncate_after": "layer2", "pretrained": False}},
     "features": {"batch_size": 16, "num_workers": 0, "device": "cpu"},
     "splits": {"n_folds": 2},
+    "labels": {"edges_from": "cohort"},  # 4 training patients per fold cannot make 4 bins of their own
     "training": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "max_patches": 16, "device": "cpu"},
     "models": {"healnet": {"params": HEALNET_SMALL}},
     "evaluation": {"inspect_thumbnail_px": 256},

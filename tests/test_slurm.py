@@ -54,6 +54,7 @@ TINY = {
     "cohorts": {"demo": {"encoder": "tiny", "models": ["healnet"], "training": {"epochs": 1}}},
     "features": {"num_workers": 0, "batch_size": 16},
     "splits": {"n_folds": 2},
+    "labels": {"edges_from": "cohort"},  # 2 training patients per fold cannot make 4 bins of their own
     "training": {"epochs": 1},
 }
 SLIDES = [f"DEMO-000{i}-DX1" for i in range(1, 5)]

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from healnet.hardware import has_nvidia_gpu
 from healnet.config import ConfigError, parse_config, targets_given_as_configfiles
 from healnet.sheets import indexed_sample_sheet
 
@@ -24,6 +25,10 @@ except ConfigError as err:
 validate(CFG.model_dump(mode="json"), "../schemas/config.schema.yaml")
 
 COHORTS = sorted(CFG.cohorts)
+
+# GPU rules hold the workflow profile's one `gpu` while they run, so two never share the device.
+# Without a GPU they run on the CPU and need not queue for it (cluster profiles set their own).
+GPU_JOB = 1 if has_nvidia_gpu() else 0
 
 
 wildcard_constraints:

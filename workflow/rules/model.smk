@@ -24,7 +24,7 @@ rule train:
     # (intra-op threads wait on each other); the heavy lifting belongs on the GPU.
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         mem_mb=8000,
     params:
         data=data_args,
@@ -65,7 +65,7 @@ rule evaluate:
         "../../envs/healnet.yaml"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         mem_mb=8000,
     params:
         data=data_args,

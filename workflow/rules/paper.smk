@@ -44,7 +44,7 @@ rule paper_cohort:
         "../../envs/healnet.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         mem_mb=8000,
     params:
         data=data_args,

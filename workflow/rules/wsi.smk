@@ -79,7 +79,7 @@ rule features:
         "../../envs/healnet.yaml"
     threads: CFG.features.num_workers + 1  # reader processes + the main process feeding the model
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         mem_mb=8000,
     params:
         encoder=encoder_json,
