@@ -24,8 +24,9 @@ CHEAP = {
 @pytest.mark.slow
 def test_blca_omics_only_through_snakemake(repo, shared_data, tmp_path):
     tcga = shared_data / "tcga" / "blca"
+    # the built-in blca cohort, omics only (wsi: false: no slide listed or fetched), from local tables
     extra = {"cohorts": {"blca": {"clinical_omics": str(tcga / "clinical_omics.csv.zip"), "splits": str(tcga / "splits"),
-                                  "models": ["healnet"]}}, **CHEAP}
+                                  "models": ["healnet"], "wsi": False}}, **CHEAP}
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
            "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", "results/blca/cindex.tsv"]
