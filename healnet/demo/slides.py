@@ -27,6 +27,10 @@ import numpy as np
 
 PAINT_MPP = 0.5  # um/px at which slides are painted
 MASK_MPP = 8.0  # um/px of the tissue-shape field
+# Every tissue piece is at least twice tissue.min_tissue_area_um2 (40,000 um^2 by default), so the
+# median blur of detection cannot push a piece the QC picture shows under the detection threshold.
+MIN_PIECE_UM2 = 80_000.0
+BRIDGE_UM = 64.0  # tissue narrower than this may vanish in detection (tissue.median_blur_um 56)
 NUCLEI_PER_MM2 = 4000.0  # nuclear density at risk_wsi = 0
 DENSITY_SLOPE = 0.6  # d log(density) / d risk_wsi
 NUCLEUS_RADIUS_UM = 3.3  # mean nuclear radius at risk_wsi = 0
@@ -81,9 +85,10 @@ def tissue_field(rng: np.random.Generator, width_um: float, height_um: float) ->
     field = np.maximum.reduce(blobs) + 0.3 * _smooth_noise(rng, (gh, gw), sigma=60.0 / MASK_MPP)
     # Keep a glass margin so the tissue never touches the slide border.
     margin = np.minimum.reduce([x, y, width_um - x, height_um - y]) / (0.05 * min(width_um, height_um))
-    field = np.minimum(field, margin - 1.0)
+    field = _drop_small_pieces(np.minimum(field, margin - 1.0))
     # Holes: 1-3 lumina, 90-130 um in radius (area > tissue.min_hole_area_um2), each placed
-    # where it fits inside the tissue with a >= 40 um rim, so it stays a hole, not a bite.
+    # where it fits inside the tissue with a >= 40 um rim, so it stays a hole, not a bite. The noise
+    # can still thin the rim through; a hole that splits a piece or leaves one too small is not cut.
     wobble = 0.15 * _smooth_noise(rng, (gh, gw), sigma=20.0 / MASK_MPP)
     for _ in range(int(rng.integers(1, 4))):
         inside_um = cv2.distanceTransform((field > 0).astype(np.uint8), cv2.DIST_L2, 5) * MASK_MPP
@@ -93,7 +98,35 @@ def tissue_field(rng: np.random.Generator, width_um: float, height_um: float) ->
             break
         hy, hx = fits[rng.integers(len(fits))] * MASK_MPP
         d = np.sqrt((x - hx) ** 2 + (y - hy) ** 2) / r
-        field = np.minimum(field, (d - 1.0 + wobble) * 1.5)
+        cut = np.minimum(field, (d - 1.0 + wobble) * 1.5)
+        pieces = _piece_areas_um2(cut)
+        if len(pieces) == len(_piece_areas_um2(field)) and pieces.min() >= MIN_PIECE_UM2:
+            field = cut
+    return field
+
+
+def _pieces(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and areas (um^2) of the tissue pieces of a MASK_MPP field as detection sees them:
+    the tissue (field > 0) opened by a disc of BRIDGE_UM, so a bridge thinner than the detection's
+    median blur does not join two pieces."""
+    k = int(BRIDGE_UM / MASK_MPP) | 1
+    tissue = cv2.morphologyEx((field > 0).astype(np.uint8), cv2.MORPH_OPEN,
+                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(tissue, connectivity=8)
+    return labels, stats[1:n, cv2.CC_STAT_AREA].astype(np.float64) * MASK_MPP**2
+
+
+def _piece_areas_um2(field: np.ndarray) -> np.ndarray:
+    return _pieces(field)[1]
+
+
+def _drop_small_pieces(field: np.ndarray) -> np.ndarray:
+    """The field with every tissue piece under MIN_PIECE_UM2 turned to glass (the largest piece
+    stays, whatever its size: a slide always has tissue)."""
+    labels, areas = _pieces(field)
+    small = [i + 1 for i, a in enumerate(areas) if a < MIN_PIECE_UM2 and a < areas.max()]
+    if small:
+        field = np.where(np.isin(labels, small), np.minimum(field, -0.1), field)
     return field
 
 
