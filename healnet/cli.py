@@ -51,11 +51,16 @@ def parse_params(text: str | None, model: type[M]) -> M:
     return model.model_validate(json.loads(text) if text else {})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with `only` (a subcommand name), the other stages are listed without
+    importing their modules (a rule's `healnet <stage>` call then imports just its own stage)."""
     parser = argparse.ArgumentParser(prog="healnet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"healnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
     for name, module_name, help_text in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--log", help="also write the log to this file")
@@ -65,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    stage = argv[0] if argv and argv[0] in {name for name, _, _ in COMMANDS} else None
+    args = build_parser(only=stage).parse_args(argv)
     setup_logging(args.log)
     try:
         result = args._run(args)

@@ -469,6 +469,13 @@ class Config(Strict):
                     )
         return self
 
+    def random_weight_cohorts(self) -> list[tuple[str, str]]:
+        """(cohort, encoder) of every real (non-synthetic) slide cohort whose encoder has random weights:
+        its features carry no pretrained knowledge, which is right for a synthetic cohort only."""
+        return [(name, self.cohort_encoder(name)) for name, c in self.cohorts.items()
+                if c.wsi and not c.synthetic and not self.encoders[self.cohort_encoder(name)].pretrained
+                and self.encoders[self.cohort_encoder(name)].weights is None]
+
     def cohort_encoder(self, cohort: str) -> str:
         return self.cohorts[cohort].encoder or self.features.encoder
 

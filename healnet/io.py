@@ -11,9 +11,10 @@ import uuid
 import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas costs ~0.6 s to import: the per-slide stages that never read a table skip it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def write_text(text: str, path: str | Path) -> None:
 def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.DataFrame:
     """A per-patient TSV that a pipeline stage wrote (`what`, e.g. "labels file"), checked for what every
     such file shares: it exists (else: run `rule`), has a `case_id` column and lists each patient once."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist; run the `{rule}` rule (healnet {rule}) first")

@@ -20,11 +20,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-import pandas as pd
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+if TYPE_CHECKING:  # every `healnet` call builds the CLI, which imports this module: pandas only when used
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +225,8 @@ def versions_table(lock: str | Path | None = LOCK, device: str | None = None) ->
         else:
             status = "locked" if have == want else "differs"
         rows.append({"package": name, "version": have, "locked": want, "status": status})
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=VERSIONS_COLUMNS)
 
 

@@ -124,3 +124,15 @@ def test_a_target_read_as_configfile_gets_the_corrected_command():
     assert targets_given_as_configfiles(["my.yaml", "extra.yml", "c.json"]) is None
     msg = targets_given_as_configfiles(["my.yaml", "results/blca/cindex.tsv"])
     assert "`snakemake results/blca/cindex.tsv --configfile my.yaml`" in msg and "--configfile=my.yaml" in msg
+
+
+def test_random_weights_are_flagged_for_real_cohorts_only(repo):
+    """The shipped config: the synthetic demo may use random weights, the TCGA cohorts use pretrained
+    ones; a real cohort given a random encoder is named (the workflow warns once at start-up)."""
+    raw = yaml.safe_load((repo / "config.yaml").read_text())
+    assert parse_config(raw).random_weight_cohorts() == []
+    merge_into(raw, {"cohorts": {"blca": {"encoder": "resnet50_trunc_random"},
+                                 "demo": {"encoder": "resnet50_trunc_random"}}})
+    assert parse_config(raw).random_weight_cohorts() == [("blca", "resnet50_trunc_random")]
+    merge_into(raw, {"cohorts": {"blca": {"wsi": False}}})  # omics only: no features at all
+    assert parse_config(raw).random_weight_cohorts() == []

@@ -147,8 +147,9 @@ def _create(cfg: config.Encoder, name: str) -> tuple[nn.Module, WeightsInfo]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = timm.create_model(cfg.model, pretrained=False)
-    log.warning("encoder %s: RANDOM weights (%s, seed %d, pretrained: false) - for tests and the synthetic "
-                "demo only; features carry no pretrained knowledge", name, cfg.model, cfg.seed)
+    # INFO per slide: the workflow warns once per run for a non-synthetic cohort (Config.random_weight_cohorts).
+    log.info("encoder %s: RANDOM weights (%s, seed %d, pretrained: false) - for tests and the synthetic "
+             "demo only; features carry no pretrained knowledge", name, cfg.model, cfg.seed)
     return model, WeightsInfo("random", cfg.model, state_dict_sha256(model), True, {"seed": cfg.seed})
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from healnet.hardware import has_nvidia_gpu
@@ -23,6 +24,11 @@ except ConfigError as err:
     raise WorkflowError(str(err))
 # The typed config: `--config` gives nested values as strings ("cohorts={blca: {wsi: false}}").
 validate(CFG.model_dump(mode="json"), "../schemas/config.schema.yaml")
+for _cohort, _encoder in CFG.random_weight_cohorts():
+    logger.warning(
+        f"cohort {_cohort!r}: encoder {_encoder!r} has RANDOM weights (pretrained: false); its "
+        f"features carry no pretrained knowledge. Set cohorts.{_cohort}.encoder to a pretrained one."
+    )
 
 COHORTS = sorted(CFG.cohorts)
 
