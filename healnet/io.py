@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,17 @@ def write_tsv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def write_png(rgb: np.ndarray, path: str | Path) -> None:
+    """Write an RGB uint8 image (H, W, 3) as a PNG atomically."""
+    import cv2
+
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"could not encode {path} as PNG")
+        Path(tmp).write_bytes(buf.tobytes())
 
 
 def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.DataFrame:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from healnet import __version__, config
-from healnet.io import write_text
+from healnet.io import write_png, write_text
 from healnet.wsi import tissue as T
 from healnet.wsi.integrity import check_tiles
 from healnet.wsi.patches import patch_geometry, patch_grid
-from healnet.wsi.slide import FAILED, NO_TISSUE, OK, Slide, SlideError
-from healnet.wsi.store import read_patch_store, write_feature_store, write_patch_store
+from healnet.wsi.slide import Slide, SlideError
+from healnet.wsi.store import FAILED, NO_TISSUE, OK, read_patch_store, write_feature_store, write_patch_store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_tissue(
     except SlideError as err:
         meta.update(_on_error(err, slide_id, reading))
         write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
-        T.write_png(T.render_message(f"{slide_id}: FAILED", err.reason), qc_path)
+        write_png(T.render_message(f"{slide_id}: FAILED", err.reason), qc_path)
         return meta
 
     um_per_px = (mpp_info.x / scale[0], mpp_info.y / scale[1])
@@ -76,7 +76,7 @@ def run_tissue(
             meta.update(_on_error(err, slide_id, reading), mpp=mpp_info.mean, mpp_source=mpp_info.source,
                         dimensions=list(dims))
             write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
-            T.write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
+            write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
             return meta
     result = T.detect_tissue(rgb, um_per_px, tissue)
     coords = patch_grid(result.mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
@@ -100,7 +100,7 @@ def run_tissue(
     write_text(json.dumps(T.tissue_geojson(result.polygons, scale, meta)), geojson_path)
     title = (f"{slide_id}: {status}, mpp {mpp_info.mean:.3f}, tissue {result.area_mm2:.2f} mm^2, "
              f"{len(coords)} patches of {patching.patch_size} px at {patching.target_mpp} um/px")
-    T.write_png(T.render_qc(rgb, result.polygons, coords, geometry.patch_size_level0, scale, title), qc_path)
+    write_png(T.render_qc(rgb, result.polygons, coords, geometry.patch_size_level0, scale, title), qc_path)
     log.info("slide %s: %s, %.2f mm^2 tissue, %d patches in the grid", slide_id, status, result.area_mm2, len(coords))
     return meta
 
