@@ -47,16 +47,16 @@ def run_tissue(
     reading: config.SlideReading,
     tissue: config.Tissue,
     patching: config.Patching,
-    sheet_mpp: float | None = None,
+    mpp: float | None = None,
     cohort_mpp: float | None = None,
 ) -> dict[str, Any]:
     """Tissue polygons (GeoJSON, level-0 px) and the QC picture with the patch grid the next stage
-    will keep. `sheet_mpp`, then `cohort_mpp`, are used only when the slide has no mpp (the
-    source is recorded as `mpp_source`)."""
+    will keep. `mpp` (the sample sheet's), then `cohort_mpp`, are used only when the slide has no mpp
+    (the source is recorded as `mpp_source`)."""
     meta: dict[str, Any] = {"slide_id": slide_id, "slide_path": str(slide_path), "mpp": None,
                             "tissue_params": tissue.model_dump()}
     try:
-        with Slide.open(slide_path, reading, sheet_mpp=sheet_mpp, cohort_mpp=cohort_mpp) as slide:
+        with Slide.open(slide_path, reading, sheet_mpp=mpp, cohort_mpp=cohort_mpp) as slide:
             geometry = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching, slide_path)
             rgb, scale = slide.image_at(tissue.thumbnail_mpp, patching.mpp_tolerance)
             dims = slide.dimensions
