@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from healnet.acquire.sources import PORPOISE, fetched_splits_dir, fetched_table_path, gdc_sheet_path, porpoise_urls
+from healnet.modalities import MODALITIES
 
 SHA256 = r"^[0-9a-f]{64}$"
 
@@ -81,6 +83,56 @@ class Cohort(Strict):
             if bad:
                 raise ValueError(f"splits_sha256: not 64 lowercase hex digits: {bad}")
         return self
+
+    def resolve_downloads(self, name: str) -> None:
+        """Fill in the paths (and, for known TCGA projects, pinned sources) of what the cohort downloads.
+
+        - a GDC cohort's sample sheet is built at data/{name}/slides.tsv;
+        - a table with a URL (given, or the PORPOISE default of a known project when `clinical_omics`
+          is not set or is that download path) is fetched to data/{name}/clinical_omics.csv.zip;
+          splits likewise to data/{name}/splits.
+        A `clinical_omics`/`splits` path set in the config is used as is: nothing is downloaded for it.
+        """
+        where = f"cohorts.{name}"
+        if not self.wsi:
+            self.slides = None  # omics only: no sample sheet, so no slide is listed, fetched or read
+        elif self.gdc_project:
+            sheet = gdc_sheet_path(name)
+            if self.slides is None:
+                self.slides = sheet
+            elif self.slides != sheet:
+                raise ValueError(
+                    f"{where}: a GDC cohort's sample sheet is built at {sheet}, not {self.slides!r}; "
+                    f"remove `slides` (or remove `gdc_project` to use your own sample sheet)"
+                )
+        if self.gdc_project:
+            pinned = PORPOISE.get(self.gdc_project)
+            if pinned is not None:
+                table_url, splits_url = porpoise_urls(self.gdc_project)
+                if self.clinical_omics in (None, fetched_table_path(name)) and self.clinical_omics_url is None:
+                    self.clinical_omics_url, self.clinical_omics_sha256 = table_url, pinned.clinical_omics_sha256
+                if self.splits in (None, fetched_splits_dir(name)) and self.splits_url is None:
+                    self.splits_url, self.splits_sha256 = splits_url, list(pinned.splits_sha256)
+        for key, url, default in [
+            ("clinical_omics", self.clinical_omics_url, fetched_table_path(name)),
+            ("splits", self.splits_url, fetched_splits_dir(name)),
+        ]:
+            if url is None:
+                continue
+            current = getattr(self, key)
+            if current is None:
+                setattr(self, key, default)
+            elif current != default:
+                raise ValueError(
+                    f"{where}: {key}_url downloads into {default}, but {key} is {current!r}; remove `{key}` "
+                    f"to download, or remove `{key}_url` to use the local {key}"
+                )
+        if self.gdc_project and self.clinical_omics is None:
+            raise ValueError(
+                f"{where}: no clinical + omics table for {self.gdc_project} (built-in defaults exist for "
+                f"{', '.join(sorted(PORPOISE))}); set `clinical_omics` to a local file, or "
+                "`clinical_omics_url` + `clinical_omics_sha256`"
+            )
 
 
 class Gdc(Strict):
@@ -306,9 +358,6 @@ class Training(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-MODALITIES = ("wsi", "omics", "rnaseq", "cnv", "mut", "clinical")
-
-
 class ModelSpec(Strict):
     """One trainable model: an architecture of the registry, its modalities and keyword arguments."""
 
@@ -397,11 +446,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _gdc_cohort_paths(self) -> "Config":
-        """Fill in where a GDC cohort's sheet and downloaded tables live (see healnet/acquire)."""
-        from healnet.acquire.tables import resolve_cohort_downloads
-
+        """Fill in where a GDC cohort's sheet and downloaded tables live (healnet/acquire/sources.py)."""
         for name, cohort in self.cohorts.items():
-            resolve_cohort_downloads(name, cohort)
+            cohort.resolve_downloads(name)
         return self
 
     @model_validator(mode="after")

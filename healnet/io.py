@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
+import numpy as np
+
 if TYPE_CHECKING:  # pandas costs ~0.6 s to import: the per-slide stages that never read a table skip it
     import pandas as pd
 
@@ -72,6 +74,17 @@ def write_tsv(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def write_png(rgb: np.ndarray, path: str | Path) -> None:
+    """Write an RGB uint8 image (H, W, 3) as a PNG atomically."""
+    import cv2
+
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"could not encode {path} as PNG")
+        Path(tmp).write_bytes(buf.tobytes())
 
 
 def read_stage_tsv(path: str | Path, what: str, rule: str, dtype=None) -> pd.DataFrame:

@@ -26,7 +26,8 @@ import yaml
 from healnet.acquire import gdc
 from healnet.acquire.gdc import ManifestQuery
 from healnet.acquire.http import NET_CHUNK, RetryPolicy, part_path
-from healnet.acquire.tables import PORPOISE, fetch_table, porpoise_urls
+from healnet.acquire.sources import PORPOISE, porpoise_urls
+from healnet.acquire.tables import fetch_table
 from healnet.config import ConfigError, Gdc, parse_config
 
 BIN = Path(sys.executable).parent

@@ -182,6 +182,30 @@ def test_complete_run_has_nothing_to_do(base, work):
     assert pending(work) == {}  # and Snakemake says "Nothing to be done" (checked in pending)
 
 
+def test_inprocess_runner_makes_what_snakemake_makes(base, tmp_path):
+    """`run_demo` runs the jobs of Snakemake's own plan in one process: the files Snakemake makes for
+    cindex.tsv, with the same content."""
+    from healnet.config import load_config
+    from healnet.demo.inprocess import run_demo
+
+    inprocess = tmp_path / "inprocess"
+    table = run_demo(load_config(REPO / "config.yaml", base / "tiny.yaml"), inprocess)
+
+    def made(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for top in ("data", "results", "logs") for p in (root / top).rglob("*")
+                if p.is_file()}
+
+    ours = made(inprocess)
+    assert ours <= made(base), sorted(ours - made(base))[:10]
+    assert {"results/demo/cindex.tsv", "results/demo/labels.tsv", "results/demo/models/healnet/fold1/checkpoint.pt",
+            "logs/demo/evaluate.log", f"results/demo/features/{ENCODER}/{sheet(base)['slide_id'].iloc[0]}.zarr/zarr.json",
+            } <= ours
+    for name in ("results/demo/cindex.tsv", "results/demo/labels.tsv", "results/demo/splits/fold0.tsv",
+                 "results/demo/models/healnet/fold0/predictions.tsv", "data/demo/slides.tsv"):
+        assert (inprocess / name).read_bytes() == (base / name).read_bytes(), name
+    assert list(table["model"].unique()) == ["healnet"]
+
+
 def test_tissue_parameter_reruns_wsi_chain_and_downstream_not_omics(work):
     set_config(work, "tissue", {"median_blur_um": 40.0})
     plan = pending(work)

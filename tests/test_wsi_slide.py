@@ -137,3 +137,28 @@ def test_corrupt_jpeg_tile_is_a_slide_error(shared_data, tmp_path):
         with pytest.raises(SlideError, match="read failed at level 0") as err:
             slide.read((0, 0), 0, slide.dimensions)
         assert "corrupt or truncated" in err.value.reason
+
+
+def test_tissue_stage_records_where_the_mpp_came_from(tmp_path):
+    """`healnet tissue --mpp` is the sample sheet's value, `--cohort-mpp` the cohort's: the slide's own
+    metadata first, then the sheet, then the cohort, each recorded as the source."""
+    import json
+
+    from healnet.cli import main
+
+    tissue = np.zeros((896, 1344), bool)
+    tissue[224:672, 224:1120] = True
+    path = write_slide(tmp_path / "nompp.tiff", he_image(1344, 896, 0.5, tissue), None, "generic", downsamples=(1, 4))
+
+    def tissue_meta(name: str, sheet: str, cohort: str) -> dict:
+        geojson = tmp_path / f"{name}.geojson"
+        assert main(["tissue", "--slide", str(path), "--slide-id", name, "--mpp", sheet, "--cohort-mpp", cohort,
+                     "--geojson", str(geojson), "--qc", str(tmp_path / f"{name}.png")]) == 0
+        return json.loads(geojson.read_text())["healnet"]
+
+    cohort = tissue_meta("cohort", "", "0.5")
+    assert (cohort["mpp"], cohort["mpp_source"], cohort["status"]) == (0.5, "cohort override", "ok")
+    sheet = tissue_meta("sheet", "0.5", "0.4")
+    assert (sheet["mpp"], sheet["mpp_source"]) == (0.5, "sample sheet")
+    neither = tissue_meta("neither", "", "")
+    assert neither["status"] == "failed" and "no mpp" in neither["reason"]

@@ -21,7 +21,7 @@ import pandas as pd
 import requests
 
 from healnet.acquire.http import RetryPolicy, download, request_json
-from healnet.config import Gdc
+from healnet.config import Cohort, Gdc
 from healnet.io import cached_while_unchanged, write_text, write_tsv
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,31 @@ class ManifestQuery:
 
     def to_json(self) -> str:
         return json.dumps({"project": self.project, "cases": self.cases, "max_files": self.max_files}, indent=1)
+
+    @classmethod
+    def of_cohort(cls, cohort: Cohort) -> "ManifestQuery":
+        """The query a cohort's config asks for (gdc_project, gdc_cases, gdc_max_files)."""
+        return cls(cohort.gdc_project or "", sorted(cohort.gdc_cases) if cohort.gdc_cases else None,
+                   cohort.gdc_max_files)
+
+    def cli_args(self) -> str:
+        """`healnet gdc-manifest` arguments besides --project: which slides the manifest lists."""
+        args = f"--max-files {self.max_files}" if self.max_files else ""
+        if self.cases:
+            args += " --cases " + " ".join(self.cases)
+        return args.strip()
+
+
+def check_manifest_query(path: str | Path, name: str, wanted: ManifestQuery) -> None:
+    """A manifest is reused only for the query it was built for; else the error says how to rebuild it."""
+    built = read_manifest_query(path)
+    if built != wanted:  # or built before this workflow tracked its query (no metadata to rerun it)
+        was = built.describe() if built else "an unknown query (no .json next to it)"
+        raise ValueError(
+            f"cohort {name!r}: the GDC manifest {path} was built for {was}, but the config "
+            f"(gdc_project, gdc_cases, gdc_max_files) asks for {wanted.describe()}; "
+            f"rebuild it: `snakemake --cores 1 {path} --forcerun gdc_manifest`"
+        )
 
 
 def policy_of(cfg: Gdc) -> RetryPolicy:

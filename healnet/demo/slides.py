@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from healnet.wsi.synthetic import write_pyramid
+
 PAINT_MPP = 0.5  # um/px at which slides are painted
 MASK_MPP = 8.0  # um/px of the tissue-shape field
 # Every tissue piece is at least twice tissue.min_tissue_area_um2 (40,000 um^2 by default), so the
@@ -41,10 +43,6 @@ OD_EOSIN = -np.log10(np.array([236.0, 160.0, 195.0]) / 255.0).astype(np.float32)
 OD_HAEM = -np.log10(np.array([95.0, 55.0, 145.0]) / 255.0).astype(np.float32)
 OD_BACKGROUND = 0.012  # glass: RGB ~247
 TILE = 256
-APERIO_DESCRIPTION = (
-    "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={q}"
-    "|AppMag = {mag}|MPP = {mpp}|Filename = {name}"
-)
 
 
 @dataclass(frozen=True)
@@ -231,35 +229,10 @@ def write_slide(path: Path, image: np.ndarray, fmt: str, mpp: float, quality: in
     pyramid by 4, as Aperio scanners do); `tiff`: generic tiled TIFF with resolution tags in
     pixels per centimetre and reduced levels marked subfiletype=1 (pyramid by 2).
     """
-    import tifffile
-
     if fmt not in ("svs", "tiff"):
         raise ValueError(f"unknown slide format {fmt!r} for {path}; use 'svs' or 'tiff'")
     levels = pyramid(image, factor=4 if fmt == "svs" else 2)
-    h, w = image.shape[:2]
-    with tifffile.TiffWriter(path, bigtiff=False) as tif:
-        for i, level in enumerate(levels):
-            kwargs: dict = {}
-            downsample = w / level.shape[1]
-            if fmt == "svs":
-                if i == 0:
-                    kwargs["description"] = APERIO_DESCRIPTION.format(
-                        w=w, h=h, tile=TILE, q=quality, mag=int(round(10.0 / mpp)), mpp=mpp, name=path.stem
-                    )
-            else:
-                ppcm = 1e4 / (mpp * downsample)
-                kwargs.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
-            tif.write(
-                level,
-                photometric="rgb",
-                tile=(TILE, TILE),
-                compression="jpeg",
-                compressionargs={"level": quality},
-                subfiletype=1 if i else 0,
-                metadata=None,
-                software=False,
-                **kwargs,
-            )
+    write_pyramid(path, levels, mpp, "aperio" if fmt == "svs" else "generic", tile=TILE, quality=quality)
 
 
 def nuclear_fraction(rgb: np.ndarray) -> float:

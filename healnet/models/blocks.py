@@ -13,9 +13,9 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
+from healnet.modalities import WSI
 from healnet.models.attention import lecun_normal_
 
-WSI = "wsi"
 
 
 # --- tiny helpers -------------------------------------------------------------------------------

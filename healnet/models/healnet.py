@@ -38,11 +38,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from healnet.modalities import CLINICAL, WSI
 from healnet.models import register
 from healnet.models.attention import Attention, FeedForward, normed_linears
 from healnet.models.omics_tokens import omics_tokenizer
 
-WSI = "wsi"
 
 
 def fourier_features(n: int, num_bands: int, max_freq: float) -> torch.Tensor:
@@ -163,7 +163,7 @@ class HEALNet(nn.Module):
                 self.tokenizers[m] = PatchTokens(size, wsi_token_dim)
                 token_dims[m] = wsi_token_dim
             else:  # omics tokenisation: healnet/models/omics_tokens.py (age and sex: one token each)
-                if omics_tokens == "feature" or m == "clinical":
+                if omics_tokens == "feature" or m == CLINICAL:
                     tok = TabularTokens(size, token_dim, feature_encoding, num_freq_bands, max_freq)
                 else:
                     tok = omics_tokenizer(omics_tokens, m, size, token_dim, feature_names, signatures, tokens_per_group)
@@ -178,7 +178,7 @@ class HEALNet(nn.Module):
         layers: list[FusionLayer] = []
         for i in range(depth):
             if share_weights and i >= 2:
-                layers.append(layers[1])  # layers after the first share one set of weights
+                layers.append(layers[1])  # layers 3..depth reuse the second layer's weights
             else:
                 layers.append(FusionLayer(token_dims, latent_dim, self_per_cross_attn, hp))
         self.layers = nn.ModuleList(layers)

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from healnet.modalities import OMIC_TYPES
 from healnet.models import register
 from healnet.models.blocks import (
     WSI,
@@ -38,8 +39,6 @@ from healnet.models.blocks import (
 )
 
 log = logging.getLogger(__name__)
-
-OMIC_TYPES = ("mut", "cnv", "rnaseq")
 
 
 # --- gene families ------------------------------------------------------------------------------

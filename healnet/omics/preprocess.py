@@ -43,11 +43,12 @@ import pandas as pd
 
 from healnet.config import Omics
 from healnet.io import atomic_path, read_stage_tsv
-from healnet.omics.tables import OMIC_TYPES, omic_type, read_omics_table
+from healnet.modalities import CLINICAL, OMIC_TYPES
+from healnet.omics.tables import omic_type, read_omics_table
 
 log = logging.getLogger(__name__)
 
-TYPE_ORDER = OMIC_TYPES + ("clinical",)
+TYPE_ORDER = OMIC_TYPES + (CLINICAL,)
 UNSCALED = {"is_female_clinical"}  # clinical features kept on their natural scale (0/1)
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from healnet.config import Omics
+from healnet.modalities import CLINICAL, OMIC_TYPES
 
 log = logging.getLogger(__name__)
 
-OMIC_TYPES = ("rnaseq", "cnv", "mut")
 # Clinical columns of the table -> their names as features (type suffix `clinical`).
 CLINICAL_COLUMNS = {"age": "age_clinical", "is_female": "is_female_clinical"}
 SURVIVAL_COLUMNS = ["survival_months", "censorship"]
@@ -30,7 +30,7 @@ MAX_LISTED = 10
 
 def omic_type(column: str) -> str | None:
     """The omic type of a feature column (`TP53_mut` -> `mut`), or None."""
-    for t in OMIC_TYPES + ("clinical",):
+    for t in OMIC_TYPES + (CLINICAL,):
         if column.endswith(f"_{t}") and len(column) > len(t) + 1:
             return t
     return None

@@ -68,7 +68,7 @@ def read_tile(slide_path: str | Path, x: int, y: int, size_level0: int, out_px: 
 
 def save_tiles(tiles: pd.DataFrame, slide_paths: dict[str, str], case: str, out_px: int, out_dir: Path) -> pd.DataFrame:
     """Write each tile as PNG and a panel of all of them; unreadable slides are logged and skipped."""
-    from healnet.wsi.tissue import write_png
+    from healnet.io import write_png
 
     files, images = [], []
     for _, t in tiles.iterrows():

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from healnet.io import write_text, write_tsv
+from healnet.modalities import WSI
 
 log = logging.getLogger(__name__)
 
-WSI = "wsi"
 XOR = "xor"
 PUBLISHED_SOURCE = "healnet"  # the paper's Table 1 / Table 2 (published.tsv)
 CITATION = (

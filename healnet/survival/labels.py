@@ -6,8 +6,9 @@ with the outer edges replaced by the cohort's min - eps and max + eps (all patie
 left-closed intervals [q_j, q_{j+1}). Every patient, censored or not, gets a bin.
 
 `labels.tsv` holds the bins from the whole cohort (what the published baselines do and what the
-splits stratify on). With `labels.edges_from: train`, the training stage calls `bins_for_fold`
-to recompute the edges from each fold's training patients instead.
+splits stratify on). With `labels.edges_from: train`, training recomputes the edges (`bin_edges`)
+from each fold's training patients instead (healnet/training/data.py); `bins_for_fold` gives a fold's
+bins by either rule.
 """
 
 from __future__ import annotations

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from healnet.modalities import CLINICAL, OMICS, WSI
+
 log = logging.getLogger(__name__)
 
-WSI = "wsi"
-OMICS = "omics"  # all omic types of the table concatenated (not the clinical columns)
-CLINICAL = "clinical"  # age, is_female (omics.clinical_features)
 SPLITS = ("train", "val", "test")
 
 
@@ -62,7 +61,7 @@ class WsiBags:
         Failed and no-tissue slides (N = 0) are left out, so a patient none of whose slides has
         patches is WSI-missing. The features stay in memory while their total is under `cache_bytes`.
         """
-        from healnet.wsi.store import read_feature_store
+        from healnet.wsi.store import OK, read_feature_store
 
         case_of = dict(zip(sheet["slide_id"].astype(str), sheet["case_id"].astype(str)))
         slides: dict[str, list[str]] = {}
@@ -78,7 +77,7 @@ class WsiBags:
                     "the stores and the sheet must come from the same cohort"
                 )
             n = len(store.features)
-            if n == 0 or store.attrs.get("status", "ok") != "ok":
+            if n == 0 or store.attrs.get("status", OK) != OK:
                 skipped.append(f"{slide_id} ({store.attrs.get('status')}: {store.attrs.get('reason', '')})")
                 continue
             dims.add(int(store.features.shape[1]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from healnet.sheets import read_sample_sheet
-from healnet.wsi.store import read_store_attrs
+from healnet.wsi.store import FAILED, read_store_attrs
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,6 @@ def slides_table(sheet_path: str | Path, stores: list[str | Path]) -> pd.DataFra
     table = pd.DataFrame(rows, columns=COLUMNS)
     counts = table["status"].value_counts().to_dict()
     log.info("%d slides: %s; %d patches in all", len(table), counts, int(table["n_patches"].sum()))
-    for row in table[table["status"] == "failed"].itertuples():
+    for row in table[table["status"] == FAILED].itertuples():
         log.warning("failed slide %s (case %s): %s", row.slide_id, row.case_id, row.reason)
     return table

@@ -19,9 +19,6 @@ from healnet import config
 
 log = logging.getLogger(__name__)
 
-# Status values recorded for every slide (stores, qc table).
-OK, FAILED, NO_TISSUE = "ok", "failed", "no_tissue"
-
 
 class SlideError(RuntimeError):
     """A problem with one slide: recorded (on_slide_error: skip) or raised to the user (fail)."""

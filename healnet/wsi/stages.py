@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from healnet import __version__, config
-from healnet.io import write_text
+from healnet.io import write_png, write_text
 from healnet.wsi import tissue as T
 from healnet.wsi.integrity import check_tiles
 from healnet.wsi.patches import patch_geometry, patch_grid
-from healnet.wsi.slide import FAILED, NO_TISSUE, OK, Slide, SlideError
-from healnet.wsi.store import read_patch_store, write_feature_store, write_patch_store
+from healnet.wsi.slide import Slide, SlideError
+from healnet.wsi.store import FAILED, NO_TISSUE, OK, read_patch_store, write_feature_store, write_patch_store
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,15 @@ def run_tissue(
     tissue: config.Tissue,
     patching: config.Patching,
     mpp: float | None = None,
+    cohort_mpp: float | None = None,
 ) -> dict[str, Any]:
     """Tissue polygons (GeoJSON, level-0 px) and the QC picture with the patch grid the next stage
-    will keep. `mpp` is the sample sheet's / cohort's value, used only when the slide has none."""
+    will keep. `mpp` (the sample sheet's), then `cohort_mpp`, are used only when the slide has no mpp
+    (the source is recorded as `mpp_source`)."""
     meta: dict[str, Any] = {"slide_id": slide_id, "slide_path": str(slide_path), "mpp": None,
                             "tissue_params": tissue.model_dump()}
     try:
-        with Slide.open(slide_path, reading, sheet_mpp=mpp) as slide:
+        with Slide.open(slide_path, reading, sheet_mpp=mpp, cohort_mpp=cohort_mpp) as slide:
             geometry = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching, slide_path)
             rgb, scale = slide.image_at(tissue.thumbnail_mpp, patching.mpp_tolerance)
             dims = slide.dimensions
@@ -62,7 +64,7 @@ def run_tissue(
     except SlideError as err:
         meta.update(_on_error(err, slide_id, reading))
         write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
-        T.write_png(T.render_message(f"{slide_id}: FAILED", err.reason), qc_path)
+        write_png(T.render_message(f"{slide_id}: FAILED", err.reason), qc_path)
         return meta
 
     um_per_px = (mpp_info.x / scale[0], mpp_info.y / scale[1])
@@ -76,7 +78,7 @@ def run_tissue(
             meta.update(_on_error(err, slide_id, reading), mpp=mpp_info.mean, mpp_source=mpp_info.source,
                         dimensions=list(dims))
             write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
-            T.write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
+            write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
             return meta
     result = T.detect_tissue(rgb, um_per_px, tissue)
     coords = patch_grid(result.mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
@@ -100,7 +102,7 @@ def run_tissue(
     write_text(json.dumps(T.tissue_geojson(result.polygons, scale, meta)), geojson_path)
     title = (f"{slide_id}: {status}, mpp {mpp_info.mean:.3f}, tissue {result.area_mm2:.2f} mm^2, "
              f"{len(coords)} patches of {patching.patch_size} px at {patching.target_mpp} um/px")
-    T.write_png(T.render_qc(rgb, result.polygons, coords, geometry.patch_size_level0, scale, title), qc_path)
+    write_png(T.render_qc(rgb, result.polygons, coords, geometry.patch_size_level0, scale, title), qc_path)
     log.info("slide %s: %s, %.2f mm^2 tissue, %d patches in the grid", slide_id, status, result.area_mm2, len(coords))
     return meta
 

@@ -3,7 +3,7 @@
 
 Both are groups with a `coords` array (N, 2) int64 (level-0 top-left) and attrs; a feature store also
 has `features` (N, D) float32, chunked by patches and compressed. attrs always hold `status`
-("ok", "failed", "no_tissue") and `reason`; a failed or tissue-less slide has N = 0, so downstream
+(`STATUSES`: ok, failed, no_tissue) and `reason`; a failed or tissue-less slide has N = 0, so downstream
 code reads every slide the same way and treats the patient as WSI-missing when no slide has patches.
 Stores are written to a temporary sibling and renamed into place when complete.
 """
@@ -20,7 +20,9 @@ import numpy as np
 from healnet import __version__
 from healnet.io import atomic_path
 
-STATUSES = ("ok", "failed", "no_tissue")
+# A slide's status, in every store's and GeoJSON's attrs and in the slide table (results/{c}/qc/slides.tsv).
+OK, FAILED, NO_TISSUE = "ok", "failed", "no_tissue"
+STATUSES = (OK, FAILED, NO_TISSUE)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Synthetic pyramidal slides for tests and benchmarks (real TIFF/SVS files that OpenSlide opens).
 
 `he_image` paints H&E-like tissue (pink stroma, purple nuclei of a physical size) on glass at a given
-um/px; `write_slide` writes an image as a tiled JPEG (or lossless) pyramid, either as Aperio SVS
-(mpp in the description, as scanners write it) or as a generic TIFF (mpp in the resolution tags).
+um/px; `write_pyramid` writes image levels as a tiled JPEG (or lossless) pyramid, either as Aperio SVS
+(mpp in the description, as scanners write it) or as a generic TIFF (mpp in the resolution tags); it
+writes the demo cohort's slides too (healnet/demo/slides.py). `write_slide` builds the levels first.
 `write_large_slide` writes slides of realistic size (e.g. 100k x 80k px) in seconds by reusing a few
 pre-encoded level-0 tiles; its decode cost per tile is that of real content.
 """
@@ -54,27 +55,59 @@ def _pyramid(rgb: np.ndarray, downsamples: tuple[int, ...]) -> list[np.ndarray]:
             for d in downsamples]
 
 
-def _page_kwargs(vendor: Vendor, mpp: float | None, shape: tuple[int, int], tile: int, quality: int,
-                 compression: str, first: bool) -> dict:
-    kw: dict = {"tile": (tile, tile), "photometric": "rgb", "metadata": None}
+def aperio_description(width: int, height: int, tile: int, quality: int, mpp: float | None, name: str) -> str:
+    """The first-page ImageDescription an Aperio scanner writes; OpenSlide reads vendor `aperio`, the
+    mpp (`MPP`) and the objective power (`AppMag`) from it."""
+    size = f"{width}x{height}"
+    desc = f"Aperio Image Library v12.0.15 \r\n{size} [0,0 {size}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+    if mpp:
+        desc += f"|AppMag = {int(round(10 / mpp))}|MPP = {mpp}"
+    return f"{desc}|Filename = {name}"
+
+
+def page_options(vendor: Vendor, mpp: float | None, level0_shape: tuple[int, int], level_width: int, tile: int,
+                 quality: int, compression: str, first: bool, name: str) -> dict:
+    """tifffile `write` options of one pyramid level: tiles, compression, reduced-level flag and the
+    mpp (Aperio: in the first page's description; generic: resolution tags of each level)."""
+    kw: dict = {"tile": (tile, tile), "photometric": "rgb", "metadata": None, "software": False,
+                "subfiletype": 0 if first else 1}
     if compression == "jpeg":
         kw["compression"] = "jpeg"
         kw["compressionargs"] = {"level": quality}
     elif compression != "none":
         kw["compression"] = compression
-    if not first:
-        kw["subfiletype"] = 1
+    h, w = level0_shape
     if vendor == "aperio":
         if first:
-            h, w = shape
-            desc = f"Aperio Image Library v12.0.15\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
-            if mpp:
-                desc += f"|AppMag = {round(10 / mpp)}|MPP = {mpp}"
-            kw["description"] = desc
+            kw["description"] = aperio_description(w, h, tile, quality, mpp, name)
     elif mpp:
-        kw["resolution"] = (1e4 / mpp, 1e4 / mpp)
+        ppcm = 1e4 / (mpp * (w / level_width))  # pixels per cm at this level
+        kw["resolution"] = (ppcm, ppcm)
         kw["resolutionunit"] = "CENTIMETER"
     return kw
+
+
+def write_pyramid(
+    path: str | Path,
+    levels: list[np.ndarray],
+    mpp: float | None,
+    vendor: Vendor = "aperio",
+    tile: int = 256,
+    compression: str = "jpeg",
+    quality: int = 90,
+) -> Path:
+    """Write RGB `levels` (level 0 first, then reduced levels) as a tiled pyramidal TIFF that OpenSlide
+    reads with `mpp` (None: no resolution metadata at all)."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = levels[0].shape[:2]
+    with tifffile.TiffWriter(path, bigtiff=levels[0].nbytes > 2**31) as tif:
+        for i, level in enumerate(levels):
+            tif.write(level, **page_options(vendor, mpp, shape, level.shape[1], tile, quality, compression, i == 0,
+                                            path.stem))
+    return path
 
 
 def write_slide(
@@ -89,14 +122,7 @@ def write_slide(
 ) -> Path:
     """Write `rgb` as a tiled pyramid (levels at `downsamples`) that OpenSlide reads with `mpp`
     (None: no resolution metadata at all)."""
-    import tifffile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(path, bigtiff=rgb.nbytes > 2**31) as tif:
-        for i, level in enumerate(_pyramid(rgb, downsamples)):
-            tif.write(level, **_page_kwargs(vendor, mpp, rgb.shape[:2], tile, quality, compression, i == 0))
-    return path
+    return write_pyramid(path, _pyramid(rgb, downsamples), mpp, vendor, tile, compression, quality)
 
 
 def write_large_slide(
@@ -144,6 +170,6 @@ def write_large_slide(
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for i, d in enumerate(downsamples):
             w, h = max(1, width // d), max(1, height // d)
-            kw = _page_kwargs("aperio", mpp, (height, width), tile, quality, "jpeg", i == 0)
+            kw = page_options("aperio", mpp, (height, width), w, tile, quality, "jpeg", i == 0, path.stem)
             tif.write(tiles(w, h, mpp * d), shape=(h, w, 3), dtype=np.uint8, **kw)
     return path

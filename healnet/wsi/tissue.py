@@ -319,14 +319,3 @@ def _with_banner(img: np.ndarray, title: str) -> np.ndarray:
     if banner.shape[1] > img.shape[1]:
         img = np.pad(img, ((0, 0), (0, banner.shape[1] - img.shape[1]), (0, 0)), constant_values=255)
     return np.concatenate([banner, img], axis=0)
-
-
-def write_png(rgb: np.ndarray, path: str | Path) -> None:
-    """Write an RGB image as PNG atomically."""
-    from healnet.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"could not encode the QC picture {path}")
-        Path(tmp).write_bytes(buf.tobytes())

@@ -9,7 +9,7 @@ checkpoint demo_cohort:
     log:
         "logs/{cohort}/demo_cohort.log",
     wildcard_constraints:
-        cohort=synthetic_cohorts_regex(),
+        cohort=wildcard_pattern("synthetic_cohort"),
     conda:
         "../../envs/healnet.yaml"
     params:
@@ -40,7 +40,7 @@ checkpoint gdc_manifest:
     log:
         "logs/{cohort}/gdc_manifest.log",
     wildcard_constraints:
-        cohort=gdc_cohorts_regex(),
+        cohort=wildcard_pattern("gdc_cohort"),
     conda:
         "../../envs/healnet.yaml"
     threads: 1
@@ -61,7 +61,7 @@ rule gdc_download:
     log:
         "logs/{cohort}/gdc_download/{file_name}.log",
     wildcard_constraints:
-        cohort=gdc_cohorts_regex(),
+        cohort=wildcard_pattern("gdc_cohort"),
         file_name=r"[^/]+",
     conda:
         "../../envs/healnet.yaml"
@@ -88,7 +88,7 @@ checkpoint gdc_sheet:
     log:
         "logs/{cohort}/gdc_sheet.log",
     wildcard_constraints:
-        cohort=gdc_cohorts_regex(),
+        cohort=wildcard_pattern("gdc_cohort"),
     conda:
         "../../envs/healnet.yaml"
     shell:
@@ -102,7 +102,7 @@ rule fetch_clinical_omics:
     log:
         "logs/{cohort}/fetch_clinical_omics.log",
     wildcard_constraints:
-        cohort=table_cohorts_regex(),
+        cohort=wildcard_pattern("table_cohort"),
     conda:
         "../../envs/healnet.yaml"
     resources:
@@ -122,7 +122,7 @@ rule fetch_split:
     log:
         "logs/{cohort}/fetch_split_{fold}.log",
     wildcard_constraints:
-        cohort=split_cohorts_regex(),
+        cohort=wildcard_pattern("splits_cohort"),
     conda:
         "../../envs/healnet.yaml"
     resources:

@@ -2,7 +2,7 @@
 
 
 wildcard_constraints:
-    model=model_names_regex(),
+    model=wildcard_pattern("model"),
 
 
 rule train:

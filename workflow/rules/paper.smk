@@ -39,7 +39,7 @@ rule paper_cohort:
     benchmark:
         "benchmarks/{cohort}/paper_cohort.tsv"
     wildcard_constraints:
-        cohort=paper_cohorts_regex(),
+        cohort=wildcard_pattern("paper_cohort"),
     conda:
         "../../envs/healnet.yaml"
     threads: 2

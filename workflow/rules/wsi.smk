@@ -4,7 +4,7 @@
 
 
 wildcard_constraints:
-    encoder=encoder_names_regex(),
+    encoder=wildcard_pattern("encoder"),
 
 
 rule tissue:
@@ -31,13 +31,14 @@ rule tissue:
         mem_mb=2000,
         runtime=5,
     params:
-        mpp=slide_mpp_override,
+        mpp=slide_sheet_mpp,
+        cohort_mpp=cohort_mpp,
         reading=section_json("slide_reading"),
         tissue=section_json("tissue"),
         patching=section_json("patching"),
     shell:
         "healnet tissue --slide {input.slide:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
-        "--geojson {output.geojson} --qc {output.qc} --reading {params.reading:q} "
+        "--cohort-mpp '{params.cohort_mpp}' --geojson {output.geojson} --qc {output.qc} --reading {params.reading:q} "
         "--tissue {params.tissue:q} --patching {params.patching:q} --log {log}"
 
 
