@@ -55,7 +55,7 @@ def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise ValueError(
                 f"predictions file {path}: missing columns {sorted(missing)}; regenerate it with `healnet train`"
             )
-        from healnet.evaluate import first_seed
+        from healnet.evaluate.metrics import first_seed
 
         frames.append(first_seed(df).assign(model=model, fold=fold))  # seed 0: one row per patient
     if not frames:

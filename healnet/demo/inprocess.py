@@ -68,6 +68,5 @@ def run_demo(cfg: Config, workdir: str | Path, cohort: str = "demo") -> pd.DataF
                    "--outdir", str(res / "models" / model / f"fold{k}")])
     _call(["evaluate", "--models", *spec.models, "--models-dir", str(res / "models"), "--fold-files", *folds,
            *common, "--cindex", str(res / "cindex.tsv"), "--missing", str(res / "cindex_missing.tsv"),
-           "--training", section["training"], "--omics-params", section["omics"],
-           "--labels-params", section["labels"], "--params", cfg.evaluation.model_dump_json()])
+           "--training", section["training"], "--params", cfg.evaluation.model_dump_json()])
     return pd.read_csv(res / "cindex.tsv", sep="\t", dtype={"fold": str})
