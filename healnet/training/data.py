@@ -403,5 +403,5 @@ def tabular_arrays(transform, omics: pd.DataFrame, case_ids: list[str], source: 
         present[OMICS] = np.zeros(len(case_ids), dtype=bool)
     n_missing = int((~present[OMICS]).sum())
     if n_missing:
-        log.info("%d of %d patients of this fold have no omics (omics-missing)", n_missing, len(case_ids))
+        log.info("%d of %d patients have no omics (omics-missing)", n_missing, len(case_ids))
     return tabular, present, names
