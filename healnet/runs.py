@@ -13,6 +13,7 @@ A run is `results/{cohort}/models/{model}/fold{k}/` with
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -41,6 +42,18 @@ def run_dir(models_dir: str | Path, model: str, fold: int) -> Path:
 def run_file(name: str) -> str:
     """`RUN_DIR/<name>`: a rule's output pattern (e.g. run_file(CHECKPOINT))."""
     return f"{RUN_DIR}/{name}"
+
+
+def run_of(path: str | Path) -> tuple[str, int]:
+    """(model, fold) of a file in a run, `.../models/{model}/fold{k}/predictions.tsv`."""
+    path = Path(path)
+    m = re.match(r"^fold(\d+)$", path.parent.name)
+    if not m or not path.parent.parent.name:
+        raise ValueError(
+            f"predictions file {path}: expected a path like results/<cohort>/models/<model>/fold<k>/predictions.tsv "
+            "(as `healnet train` writes it); pass the files the train rule made"
+        )
+    return path.parent.parent.name, int(m.group(1))
 
 
 def cohort_runs(cohort: str, models: Iterable[str], n_folds: int) -> list[str]:
