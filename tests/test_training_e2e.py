@@ -205,3 +205,28 @@ def test_a_copied_run_scores_patients_from_raw_inputs_alone(cohort, tmp_path):
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="trained on features of encoder 'toy'.*come from 'uni'"):
         run.check_encoder(WsiBags({}, D, None, {"encoder": "uni", "weights": None}))
+
+
+def test_cindex_needs_no_model_and_evaluation_loads_each_checkpoint_once(cohort, tmp_path, monkeypatch):
+    """cindex.tsv comes from predictions.tsv + run.json + labels; the re-runs (missing modalities,
+    inspection) load each checkpoint once."""
+    import filecmp
+
+    import healnet.inference as inference
+    from healnet.config import Evaluation
+    from healnet.evaluate import evaluate_cohort
+    from healnet.evaluate.cohort import CohortRuns
+    from healnet.evaluate.metrics import cindex_table
+
+    loaded, load = [], inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda path, device="cpu": loaded.append(str(path)) or load(path, device))
+    runs = CohortRuns.from_files(cohort / "models", [cohort / "splits" / f"fold{k}.tsv" for k in range(FOLDS)],
+                                 cohort / "labels.tsv", cohort / "omics.tsv.gz",
+                                 sorted((cohort / "features").glob("*.zarr")), cohort / "slides.tsv")
+    cindex_table(runs, list(SPECS), Evaluation())
+    assert loaded == []
+    evaluate_cohort(list(SPECS), runs, Evaluation(inspect_top_features=3), tmp_path / "cindex.tsv",
+                    tmp_path / "cindex_missing.tsv", tmp_path / "inspect")
+    assert len(loaded) == len(set(loaded)) and len(loaded) >= FOLDS  # healnet's folds at least (missing modalities)
+    assert filecmp.cmp(tmp_path / "cindex.tsv", cohort / "cindex.tsv", shallow=False)
+    assert filecmp.cmp(tmp_path / "cindex_missing.tsv", cohort / "cindex_missing.tsv", shallow=False)
