@@ -152,6 +152,11 @@ class Run:
         transform and bin edges (nothing refitted); a modality the inputs lack is absent for everyone."""
         self.check_encoder(wsi)
         transform = self.transform if omics is not None else None
+        if omics is not None and transform is None and any(m != WSI for m in self.modalities):
+            raise ValueError(
+                f"run {self.path} reads {self.modalities} but carries no omics transform (trained by an older "
+                "healnet); retrain it (rule train)"
+            )
         bins = assign_bins(patients["survival_months"].to_numpy(dtype=float), self.edges)
         data = fold_data(patients, self.edges, bins, omics, transform, wsi, source)
         n = len(data.case_ids)
@@ -181,8 +186,8 @@ class Run:
         wsi = read_bags(features, sheet) if len(features) else None
         if case_ids is None:
             seen = list(frame.index) if frame is not None else []
-            seen += [c for c in (wsi.slides if wsi is not None else {}) if c not in set(seen)]
-            case_ids = seen
+            known = set(seen)
+            case_ids = seen + [c for c in (wsi.slides if wsi is not None else {}) if c not in known]
         patients = pd.DataFrame({"case_id": [str(c) for c in case_ids], "split": "test",
                                  "survival_months": np.nan, "event": 0})
         data = self.data(patients, frame, wsi, source)
@@ -191,7 +196,7 @@ class Run:
         return pred.frame(data, idx)[["case_id", "risk", *[f"surv_{j}" for j in range(data.n_bins)], "modalities"]]
 
     def _omics_frame(self, omics) -> tuple[pd.DataFrame | None, str | Path | None]:
-        if omics is None or self.info.get("omics_transform") is None:  # the model reads no omics
+        if omics is None or all(m == WSI for m in self.modalities):  # the model reads no omics
             return None, "omics"
         if isinstance(omics, pd.DataFrame):
             return omics, "omics"

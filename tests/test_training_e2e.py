@@ -205,6 +205,9 @@ def test_a_copied_run_scores_patients_from_raw_inputs_alone(cohort, tmp_path):
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="trained on features of encoder 'toy'.*come from 'uni'"):
         run.check_encoder(WsiBags({}, D, None, {"encoder": "uni", "weights": None}))
+    old = type(run)(run.path, run.model, {**run.info, "omics_transform": None})  # a run of an older healnet
+    with pytest.raises(ValueError, match="carries no omics transform.*retrain it"):
+        old.predict(cohort / "omics.tsv.gz")
 
 
 def test_cindex_needs_no_model_and_evaluation_loads_each_checkpoint_once(cohort, tmp_path, monkeypatch):

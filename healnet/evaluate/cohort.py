@@ -86,10 +86,11 @@ class CohortRuns:
             _, patients = read_fold_labels(self.labels, self.fold_files[k])
             if self._wsi is None and self.feature_stores and WSI in run.modalities:
                 self._wsi = read_bags(self.feature_stores, self.sheet, self.cache_bytes)
-            if self._omics_frame is None and self.omics is not None and run.info.get("omics_transform") is not None:
+            tabular = any(m != WSI for m in run.modalities)
+            if self._omics_frame is None and self.omics is not None and tabular:
                 self._omics_frame = read_omics(self.omics)
             wsi = self._wsi if WSI in run.modalities else None
-            omics = self._omics_frame if run.info.get("omics_transform") is not None else None
+            omics = self._omics_frame if tabular else None
             self._fold = (key, run.data(patients, omics, wsi, self.omics))
         return self._fold[1]
 
