@@ -84,7 +84,7 @@ def prepare(cohort: str, out: Path, omics_cfg, labels_cfg, splits_cfg) -> Path:
 
 def score(frame: pd.DataFrame, edges) -> list[dict]:
     """Per seed: the metrics `healnet evaluate` writes to cindex.tsv."""
-    from healnet.evaluate import metrics_of
+    from healnet.evaluate.metrics import metrics_of
 
     return [{"seed": int(s), **metrics_of(f, edges)} for s, f in frame.groupby("seed")]
 

@@ -35,6 +35,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("labels", "healnet.commands.labels", "survival labels and discrete-time bins (labels.tsv)"),
     ("splits", "healnet.commands.splits", "patient-level cross-validation folds (splits/fold{k}.tsv)"),
     ("train", "healnet.commands.train", "train one model on one fold (checkpoint, predictions, log)"),
+    ("predict", "healnet.commands.predict", "score new patients with a trained run folder (predictions TSV)"),
     ("evaluate", "healnet.commands.evaluate", "c-index tables, missing-modality evaluation, attention inspection"),
     ("paper", "healnet.commands.paper", "the paper's tables and figures: per-cohort evaluation, Tables 1-2, uplift"),
     ("km-plot", "healnet.commands.km_plot", "Kaplan-Meier curves of predicted low/high-risk groups per cohort"),

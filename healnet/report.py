@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -27,23 +26,10 @@ STATS_COLUMNS = [
     "model", "n", "events", "n_low", "n_high", "events_low", "events_high",
     "median_months_low", "median_months_high", "chi2", "p_value",
 ]
-_RUN = re.compile(r"^fold(\d+)$")
-
-
-def run_of(path: str | Path) -> tuple[str, int]:
-    """(model, fold) of `.../models/{model}/fold{k}/predictions.tsv`."""
-    path = Path(path)
-    m = _RUN.match(path.parent.name)
-    if not m or not path.parent.parent.name:
-        raise ValueError(
-            f"predictions file {path}: expected a path like results/<cohort>/models/<model>/fold<k>/predictions.tsv "
-            "(as `healnet train` writes it); pass the files the train rule made"
-        )
-    return path.parent.parent.name, int(m.group(1))
-
-
 def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
     """All predictions with `model` and `fold` columns (from each file's path)."""
+    from healnet.runs import run_of
+
     frames = []
     for path in paths:
         model, fold = run_of(path)
@@ -55,7 +41,7 @@ def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise ValueError(
                 f"predictions file {path}: missing columns {sorted(missing)}; regenerate it with `healnet train`"
             )
-        from healnet.evaluate import first_seed
+        from healnet.evaluate.metrics import first_seed
 
         frames.append(first_seed(df).assign(model=model, fold=fold))  # seed 0: one row per patient
     if not frames:

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from healnet.cli import main
-from healnet.report import km_curve, load_predictions, logrank, median_survival, risk_groups, run_of
+from healnet.report import km_curve, load_predictions, logrank, median_survival, risk_groups
+from healnet.runs import run_of
 
 
 def write_predictions(root: Path, model: str, fold: int, risk, time, event) -> Path:

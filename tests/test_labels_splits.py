@@ -86,10 +86,13 @@ def test_bins_follow_the_published_convention():
 def test_bins_from_training_patients_only():
     labels = labels_frame()
     train = labels.index[:40]
-    assert bins_for_fold(labels, train, Labels(edges_from="cohort")).equals(labels["bin"])
-    fold_bins = bins_for_fold(labels, train, Labels(edges_from="train"))
+    cohort_bins, cohort_edges = bins_for_fold(labels, train, Labels(edges_from="cohort"))
+    assert cohort_bins.equals(labels["bin"])
+    np.testing.assert_array_equal(cohort_edges, bin_edges(labels["survival_months"], labels["event"], 4))
+    fold_bins, fold_edges = bins_for_fold(labels, train, Labels(edges_from="train"))
     tr = labels.loc[train]
     edges = bin_edges(tr["survival_months"], tr["event"], 4)
+    np.testing.assert_array_equal(fold_edges, edges)
     np.testing.assert_array_equal(fold_bins, assign_bins(labels["survival_months"], edges))
     assert not fold_bins.equals(labels["bin"])
 

@@ -17,11 +17,13 @@ import yaml
 
 from healnet.cli import main
 from healnet.config import Evaluation, Paper, Patching, Training, parse_config
-from healnet.evaluate import COLUMNS, MISSING_COLUMNS, with_summary
+from healnet.evaluate.cohort import CohortRuns
+from healnet.evaluate.metrics import COLUMNS, MISSING_COLUMNS, with_summary
+from healnet.inspection.patients import pick_patients
 from healnet.io import write_tsv
 from healnet.paper.cohort import given_modality, xor_baseline, xor_frame
 from healnet.paper.figures import MEAN_GROUP, plot_uplift, uplift_table
-from healnet.paper.inspection import inspect_cohort, pick_patient, top_patches
+from healnet.paper.inspection import inspect_cohort, top_patches
 from healnet.paper.tables import load_published, markdown, published_key, table1, table2
 from healnet.training.data import FoldData, SlideBag, WsiBags
 
@@ -219,15 +221,15 @@ def tiny_fold(n: int = 48, n_test: int = 16, seed: int = 0) -> FoldData:
     )
 
 
-class InMemoryCohort:
-    """Stands in for healnet.evaluate.Cohort (fold_files, fold(k)) with in-memory folds."""
+class InMemoryCohort(CohortRuns):
+    """The runs of `models_dir` with in-memory folds (FoldData) instead of stage files."""
 
-    def __init__(self, folds: dict[int, FoldData]):
-        self.folds = folds
-        self.fold_files = {k: Path(f"fold{k}.tsv") for k in folds}
+    def __init__(self, models_dir: Path, folds: dict[int, FoldData], sheet: Path | None = None):
+        super().__init__(models_dir, {k: Path(f"fold{k}.tsv") for k in folds}, sheet=sheet)
+        self.folds_data = folds
 
-    def fold(self, k: int) -> FoldData:
-        return self.folds[k]
+    def fold(self, k: int, run) -> FoldData:
+        return self.folds_data[k]
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +268,7 @@ def test_xor_baseline_uses_the_unimodal_predictions_of_the_one_random_assignment
     from healnet.survival.metrics import cindex
 
     data, models_dir = trained
-    rows, patients = xor_baseline(InMemoryCohort({0: data}), models_dir, "healnet", {"wsi": "abmil", "omics": "snn"},
+    rows, patients = xor_baseline(InMemoryCohort(models_dir, {0: data}), "healnet", {"wsi": "abmil", "omics": "snn"},
                                   Evaluation(missing_seed=3))
     test = np.flatnonzero(data.split_of == "test")
     has = {m: data.present(m) for m in ("wsi", "omics")}
@@ -282,7 +284,7 @@ def test_xor_baseline_uses_the_unimodal_predictions_of_the_one_random_assignment
     drawn = patients[patients["case_id"].isin(both)]["given"].value_counts()
     assert set(drawn.index) == {"wsi", "omics"}  # 50/50 draw among patients with both
     assert rows.loc[0, "cindex"] == pytest.approx(cindex(patients["time"], patients["event"], patients["xor_risk"]))
-    again = xor_baseline(InMemoryCohort({0: data}), models_dir, "healnet", {"wsi": "abmil", "omics": "snn"},
+    again = xor_baseline(InMemoryCohort(models_dir, {0: data}), "healnet", {"wsi": "abmil", "omics": "snn"},
                          Evaluation(missing_seed=3))[1]
     pd.testing.assert_frame_equal(patients, again)  # seeded
     assert patients["paired_model"].eq("healnet").all() and patients["paired_risk"].notna().all()
@@ -290,8 +292,9 @@ def test_xor_baseline_uses_the_unimodal_predictions_of_the_one_random_assignment
 
 def test_pick_patient_prefers_all_modalities_and_top_patches_rank_by_attention():
     preds = pd.DataFrame({"case_id": ["a", "b", "c"], "risk": [-1.0, -0.5, -2.0], "modalities": ["wsi+omics", "omics", "wsi+omics"], "fold": [0, 1, 1]})
-    assert pick_patient(preds, ["wsi", "omics"])["case_id"] == "a"
-    assert pick_patient(preds[preds["case_id"] == "b"], ["wsi", "omics"])["case_id"] == "b"
+    picks = pick_patients(preds, ["wsi", "omics"], ("highest_risk", "lowest_risk"))
+    assert picks["highest_risk"]["case_id"] == "a" and picks["lowest_risk"]["case_id"] == "c"
+    assert pick_patients(preds[preds["case_id"] == "b"], ["wsi", "omics"])["highest_risk"]["case_id"] == "b"
     bags = [SlideBag("s1", np.zeros((3, 2), np.float32), np.array([[0, 0], [224, 0], [448, 0]]), 224),
             SlideBag("s2", np.zeros((2, 2), np.float32), np.array([[0, 448], [224, 448]]), 448)]
     t = top_patches(bags, np.array([0.1, 0.5, 0.2, 0.9, 0.3]), 3)
@@ -310,7 +313,7 @@ def test_inspection_heatmap_top_features_and_tiles(trained, shared_data, tmp_pat
     ids = [c for c in data.case_ids if data.wsi.has(c)]
     pd.DataFrame({"case_id": ids, "slide_id": [f"S{c[1:]}" for c in ids], "path": str(slide)}).to_csv(sheet, sep="\t", index=False)
     out = tmp_path / "inspection"
-    index = inspect_cohort("healnet", models_dir, InMemoryCohort({0: data}), sheet, [], Evaluation(inspect_top_features=5),
+    index = inspect_cohort("healnet", InMemoryCohort(models_dir, {0: data}, sheet), Evaluation(inspect_top_features=5),
                            Paper(top_patches=3), Patching(patch_size=64), out)
     pred = pd.read_csv(models_dir / "healnet" / "fold0" / "predictions.tsv", sep="\t")
     full = pred[pred["modalities"] == "wsi+omics"]
@@ -336,7 +339,7 @@ def test_inspection_heatmap_top_features_and_tiles(trained, shared_data, tmp_pat
     assert len(top) == 5 and set(top["feature"]) <= {f"G{j}_rnaseq" for j in range(F)}
     assert top["attention"].is_monotonic_decreasing
     # no inspected model: an empty index, the folder still complete
-    assert inspect_cohort(None, models_dir, InMemoryCohort({0: data}), sheet, [], Evaluation(), Paper(),
+    assert inspect_cohort(None, InMemoryCohort(models_dir, {0: data}, sheet), Evaluation(), Paper(),
                           Patching(), tmp_path / "none").empty
     assert (tmp_path / "none" / "index.tsv").exists()
 

@@ -223,7 +223,7 @@ def test_training_parameter_reruns_only_training_and_evaluation(work):
     plan = pending(work)
     assert set(plan) == MODEL
     assert plan["train"] == {f"results/demo/models/healnet/fold{k}/{f}" for k in range(2)
-                             for f in ("checkpoint.pt", "predictions.tsv", "train_log.tsv")}
+                             for f in ("checkpoint.pt", "run.json", "predictions.tsv", "train_log.tsv")}
 
 
 def test_replaced_slide_reruns_only_its_chain_then_training(work):

@@ -88,7 +88,6 @@ def cohort(tmp_path_factory, shared_data):
         "--missing", str(root / "cindex_missing.tsv"), "--inspect", str(root / "inspect"),
         "--versions", str(root / "versions.tsv"),
         "--params", json.dumps({"inspect_top_features": 3}), "--training", json.dumps(TRAINING),
-        "--labels-params", LABELS,
     ])
     assert rc == 0
     return root
@@ -169,3 +168,68 @@ def test_evaluate_names_a_missing_run(cohort, tmp_path, capfd):
     ])
     err = capfd.readouterr().err
     assert rc == 1 and "model 'nosuch' has not been trained on fold 0" in err and "healnet train" in err
+
+
+def test_a_copied_run_scores_patients_from_raw_inputs_alone(cohort, tmp_path):
+    """A run folder carries its fold's preprocessing: copied elsewhere, it scores the fold's test
+    patients from the omics matrix and the feature stores (no labels, folds or config), equal to its
+    predictions.tsv; one patient alone scores the same (nothing is fitted on the inputs)."""
+    import shutil
+
+    from healnet import load_run
+    from healnet.training.data import WsiBags, read_omics
+
+    moved = tmp_path / "elsewhere" / "healnet_fold0"
+    shutil.copytree(cohort / "models/healnet/fold0", moved)
+    pred = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t", dtype={"case_id": str})
+    stores = sorted(str(p) for p in (cohort / "features").glob("*.zarr"))
+    run = load_run(moved)
+    assert run.info["encoder"]["encoder"] == "toy" and run.info["omics"]["rnaseq_clip"] is not None
+    got = run.predict(cohort / "omics.tsv.gz", stores, cohort / "slides.tsv", case_ids=list(pred["case_id"]))
+    cols = ["risk", *[c for c in pred.columns if c.startswith("surv_")]]
+    assert got["case_id"].tolist() == pred["case_id"].tolist() and got["modalities"].tolist() == pred["modalities"].tolist()
+    np.testing.assert_allclose(got[cols].to_numpy(), pred[cols].to_numpy(), rtol=0, atol=1e-6)
+
+    out = tmp_path / "predictions.tsv"  # the CLI: every patient of the inputs
+    assert main(["predict", "--run", str(moved), "--omics", str(cohort / "omics.tsv.gz"), "--features", *stores,
+                 "--sheet", str(cohort / "slides.tsv"), "--out", str(out)]) == 0
+    cli = pd.read_csv(out, sep="\t", dtype={"case_id": str}).set_index("case_id")
+    assert len(cli) == N  # every patient has omics or a slide with patches
+    np.testing.assert_allclose(cli.loc[pred["case_id"], cols].to_numpy(), pred[cols].to_numpy(), rtol=0, atol=1e-6)
+
+    case = pred.loc[pred["modalities"] == "wsi+omics", "case_id"].iloc[0]
+    one = run.predict(read_omics(cohort / "omics.tsv.gz").loc[[case]], [cohort / "features" / f"S{case[1:]}.zarr"],
+                      cohort / "slides.tsv")
+    assert one["case_id"].tolist() == [case] and one["modalities"].tolist() == ["wsi+omics"]
+    np.testing.assert_allclose(one[cols].to_numpy()[0], pred.set_index("case_id").loc[case, cols].to_numpy(float),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="trained on features of encoder 'toy'.*come from 'uni'"):
+        run.check_encoder(WsiBags({}, D, None, {"encoder": "uni", "weights": None}))
+    old = type(run)(run.path, run.model, {**run.info, "omics_transform": None})  # a run of an older healnet
+    with pytest.raises(ValueError, match="carries no omics transform.*retrain it"):
+        old.predict(cohort / "omics.tsv.gz")
+
+
+def test_cindex_needs_no_model_and_evaluation_loads_each_checkpoint_once(cohort, tmp_path, monkeypatch):
+    """cindex.tsv comes from predictions.tsv + run.json + labels; the re-runs (missing modalities,
+    inspection) load each checkpoint once."""
+    import filecmp
+
+    import healnet.inference as inference
+    from healnet.config import Evaluation
+    from healnet.evaluate import evaluate_cohort
+    from healnet.evaluate.cohort import CohortRuns
+    from healnet.evaluate.metrics import cindex_table
+
+    loaded, load = [], inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda path, device="cpu": loaded.append(str(path)) or load(path, device))
+    runs = CohortRuns.from_files(cohort / "models", [cohort / "splits" / f"fold{k}.tsv" for k in range(FOLDS)],
+                                 cohort / "labels.tsv", cohort / "omics.tsv.gz",
+                                 sorted((cohort / "features").glob("*.zarr")), cohort / "slides.tsv")
+    cindex_table(runs, list(SPECS), Evaluation())
+    assert loaded == []
+    evaluate_cohort(list(SPECS), runs, Evaluation(inspect_top_features=3), tmp_path / "cindex.tsv",
+                    tmp_path / "cindex_missing.tsv", tmp_path / "inspect")
+    assert len(loaded) == len(set(loaded)) and len(loaded) >= FOLDS  # healnet's folds at least (missing modalities)
+    assert filecmp.cmp(tmp_path / "cindex.tsv", cohort / "cindex.tsv", shallow=False)
+    assert filecmp.cmp(tmp_path / "cindex_missing.tsv", cohort / "cindex_missing.tsv", shallow=False)

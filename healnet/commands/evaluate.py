@@ -15,27 +15,24 @@ def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", nargs="*", default=[], help="feature stores of the cohort")
     p.add_argument("--sheet", help="sample sheet (slides -> patients, slide paths for heatmaps and tiles)")
     p.add_argument("--training", help="config section `training` as JSON (device, cache)")
-    p.add_argument("--omics-params", help="config section `omics` as JSON")
-    p.add_argument("--labels-params", help="config section `labels` as JSON")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
 def open_cohort(args: argparse.Namespace):
-    """(Cohort, device) from the arguments of `add_cohort_arguments`; sets torch's threads."""
+    """The `CohortRuns` of the arguments of `add_cohort_arguments`; sets torch's threads. Each run
+    carries its omics transform and bin edges, so no `omics`/`labels` config is needed."""
     import torch
 
     from healnet.cli import parse_params
-    from healnet.config import Labels, Omics, Training
-    from healnet.evaluate import Cohort
+    from healnet.config import Training
+    from healnet.evaluate.cohort import CohortRuns
     from healnet.training.loop import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     training = parse_params(args.training, Training)
-    cohort = Cohort.from_files(args.fold_files, args.labels, args.omics, args.features, args.sheet,
-                               parse_params(args.omics_params, Omics), parse_params(args.labels_params, Labels),
-                               training.cache_gb)
-    return cohort, str(resolve_device(training.device))
+    return CohortRuns.from_files(args.models_dir, args.fold_files, args.labels, args.omics, args.features, args.sheet,
+                                 training.cache_gb, str(resolve_device(training.device)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,12 +49,12 @@ def run(args: argparse.Namespace) -> None:
     from healnet.config import Evaluation
     from healnet.evaluate import evaluate_cohort
 
-    cohort, device = open_cohort(args)
-    table = evaluate_cohort(args.models, args.models_dir, cohort, parse_params(args.params, Evaluation),
-                            args.cindex, args.missing, args.inspect, device=device)
+    cohort = open_cohort(args)
+    table = evaluate_cohort(args.models, cohort, parse_params(args.params, Evaluation), args.cindex, args.missing,
+                            args.inspect)
     if args.versions:  # beside cindex.tsv, so the table can be traced to its software
         from healnet.stack import write_versions
 
-        write_versions(args.versions, device=device)
+        write_versions(args.versions, device=cohort.device)
     summary = table[table["fold"] == "mean"][["model", "cindex", "cindex_td", "ibs"]]
     print(summary.to_string(index=False))

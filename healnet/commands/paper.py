@@ -100,7 +100,7 @@ def _run_cohort(args: argparse.Namespace, paper) -> None:
     from healnet.config import Evaluation, Patching
     from healnet.paper.cohort import paper_cohort
 
-    cohort, device = open_cohort(args)
-    table = paper_cohort(args.models, args.models_dir, cohort, parse_params(args.evaluation, Evaluation), paper,
-                         parse_params(args.patching, Patching), args.outdir, args.inspect, device=device)
+    cohort = open_cohort(args)
+    table = paper_cohort(args.models, cohort, parse_params(args.evaluation, Evaluation), paper,
+                         parse_params(args.patching, Patching), args.outdir, args.inspect)
     print(table[table["fold"].isin(["mean", "std"])][["model", "fold", "cindex"]].to_string(index=False))

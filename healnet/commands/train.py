@@ -1,4 +1,5 @@
-"""`healnet train`: train one model on one fold; writes checkpoint.pt, predictions.tsv, train_log.tsv."""
+"""`healnet train`: train one model on one fold; writes the run folder (`healnet.runs`): checkpoint.pt,
+run.json, predictions.tsv, train_log.tsv."""
 
 from __future__ import annotations
 

@@ -128,6 +128,7 @@ class OmicsTransform:
 
     blocks: dict[str, _Block]
     dropped: dict[str, list[str]] = field(default_factory=dict)
+    config: dict | None = None  # the `omics` section it was fitted with (reads a raw table alike)
 
     @property
     def feature_names(self) -> dict[str, list[str]]:
@@ -154,6 +155,33 @@ class OmicsTransform:
     def modality_features(self, name: str) -> list[str]:
         """Feature names of `modality(arrays, name)`, in column order."""
         return [n for t in self._types(name) for n in self.feature_names[t]]
+
+    def to_state(self) -> dict:
+        """The fitted statistics as a dict of lists and float64 tensors (`torch.load(weights_only=True)`
+        reads it back), so a checkpoint carries its fold's transform bit for bit."""
+        import torch
+
+        arrays = ("fill", "lower", "upper", "center", "scale")
+        blocks = {
+            t: {"columns": list(b.columns), "clip": b.clip, "indicator": torch.as_tensor(b.indicator, dtype=torch.int64),
+                **{a: torch.as_tensor(getattr(b, a), dtype=torch.float64) for a in arrays}}
+            for t, b in self.blocks.items()
+        }
+        return {"blocks": blocks, "dropped": {t: list(v) for t, v in self.dropped.items()}, "config": self.config}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "OmicsTransform":
+        """The transform `to_state` saved."""
+        def array(v, dtype):  # a tensor (on whatever device the checkpoint was mapped to) or a list
+            return np.asarray(v.cpu() if hasattr(v, "cpu") else v, dtype=dtype)
+
+        blocks = {
+            t: _Block(list(b["columns"]), *(array(b[a], float) for a in ("fill", "lower", "upper", "center", "scale")),
+                      b["clip"], array(b["indicator"], int))
+            for t, b in state["blocks"].items()
+        }
+        return cls(blocks=blocks, dropped={t: list(v) for t, v in state.get("dropped", {}).items()},
+                   config=state.get("config"))
 
     def _types(self, name: str) -> list[str]:
         if name == "omics":  # the omic types; age and sex are the separate `clinical` modality
@@ -202,7 +230,7 @@ def fit_omics_transform(omics_df: pd.DataFrame, train_ids: Iterable[str], cfg: O
     n_dropped = {t: len(v) for t, v in dropped.items() if v}
     if n_dropped:
         log.info("features constant on the %d training patients, dropped: %s", len(rows), n_dropped)
-    return OmicsTransform(blocks=blocks, dropped=dropped)
+    return OmicsTransform(blocks=blocks, dropped=dropped, config=cfg.model_dump(mode="json"))
 
 
 def _fit_block(t: str, columns: list[str], x: np.ndarray, cfg: Omics) -> tuple[_Block, np.ndarray]:

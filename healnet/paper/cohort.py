@@ -3,7 +3,7 @@
 The models are evaluated by `healnet.evaluate.evaluate_cohort` (the same function as the cohort's
 `cindex.tsv`), so the paper's numbers are the pipeline's numbers for the union of models the paper
 needs. The XOR baseline uses the exact patient-to-modality assignment of `missing_model`'s
-`one_random` scenario (`healnet.evaluate.scenario_masks`, seed `evaluation.missing_seed + k`): a
+`one_random` scenario (`healnet.evaluate.missing.scenario_masks`, seed `evaluation.missing_seed + k`): a
 patient given omics is predicted by `unimodal["omics"]` (SNN), one given the slides by
 `unimodal["wsi"]` (ABMIL). Their predictions need no re-run: a unimodal model sees only its own
 modality, so its `predictions.tsv` row for that patient is what it predicts in the scenario.
@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from healnet.evaluate.metrics import MISSING_COLUMNS, first_seed, metrics_of, with_summary
+from healnet.evaluate.missing import scenario_masks
 from healnet.io import write_tsv
 
 log = logging.getLogger(__name__)
@@ -60,73 +62,63 @@ def xor_frame(given: Mapping[str, str], predictions: Mapping[str, pd.DataFrame],
     return pd.DataFrame(rows)
 
 
-def xor_baseline(cohort, models_dir: str | Path, missing_model: str, unimodal: Mapping[str, str], eval_cfg,
-                 device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+def xor_baseline(cohort, missing_model: str, unimodal: Mapping[str, str], eval_cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-fold metrics rows in the cindex_missing.tsv format, per-patient table) of the XOR baseline.
 
-    `cohort` is a `healnet.evaluate.Cohort`. The per-patient table also holds `missing_model`'s risk
-    for the same patient given the same modality (`paired_risk`), for paired comparisons.
+    `cohort` is a `healnet.evaluate.cohort.CohortRuns`. The per-patient table also holds
+    `missing_model`'s risk for the same patient given the same modality (`paired_risk`), for paired
+    comparisons.
     """
-    from healnet.evaluate import MISSING_COLUMNS, first_seed, metrics_of, scenario_masks
-    from healnet.survival.metrics import cindex
-    from healnet.training.loop import load_model, predict
-
     rows, patients = [], []
-    for k in sorted(cohort.fold_files):
-        net, ckpt = load_model(Path(models_dir) / missing_model / f"fold{k}" / "checkpoint.pt", device)
-        mods = ckpt["modalities"]
+    for k in cohort.folds:
+        mods = cohort.info(missing_model, k)["modalities"]
         if len(mods) < 2:
             log.warning("fold %d: %s uses only %s in this cohort; no XOR baseline", k, missing_model, mods)
             rows.append({"model": XOR, "scenario": "one_random", "fold": str(k), "cindex": math.nan,
                          "cindex_td": math.nan, "ibs": math.nan, "n": 0, "events": 0, "excluded": 0})
             continue
-        data = cohort.fold(k)
-        idx = data.split_indices("test", mods)
-        keep, present = scenario_masks(data, idx, mods, eval_cfg.missing_seed + k)["one_random"]
-        given = given_modality(present, keep, mods, data.case_ids)
-        preds = {
-            m: first_seed(pd.read_csv(Path(models_dir) / model / f"fold{k}" / "predictions.tsv", sep="\t",
-                                      dtype={"case_id": str}))  # seed 0, the checkpoint's run
-            for m, model in unimodal.items() if m in mods
-        }
-        frame = xor_frame(given, preds, unimodal)
-        paired = predict(net, data, keep, mods, ckpt["training"].get("eval_batch_size", 8), device, present=present)
-        frame["paired_risk"] = paired.risk
-        m = metrics_of(frame, ckpt["edges"], eval_cfg.ibs_grid_points)
-        rows.append({"model": XOR, "scenario": "one_random", "fold": str(k), **m, "excluded": len(idx) - len(keep)})
-        counts = frame["given"].value_counts().to_dict()
-        log.info("fold %d XOR baseline: c-index %.4f on %d patients %s; %s given one modality: %.4f", k, m["cindex"],
-                 m["n"], counts, missing_model, cindex(frame["time"], frame["event"], frame["paired_risk"]))
-        patients.append(frame.assign(fold=k, paired_model=missing_model, xor_risk=frame["risk"]))
+        row, frame = xor_fold(cohort, k, missing_model, unimodal, eval_cfg)
+        rows.append(row)
+        patients.append(frame)
     per_patient = pd.concat(patients, ignore_index=True)[PATIENT_COLUMNS] if patients else pd.DataFrame(columns=PATIENT_COLUMNS)
     return pd.DataFrame(rows, columns=MISSING_COLUMNS), per_patient
 
 
-def paper_cohort(
-    models: Sequence[str],
-    models_dir: str | Path,
-    cohort,
-    eval_cfg,
-    paper_cfg,
-    patching_cfg,
-    outdir: str | Path,
-    inspect_dir: str | Path,
-    device: str = "cpu",
-) -> pd.DataFrame:
+def xor_fold(cohort, k: int, missing_model: str, unimodal: Mapping[str, str], eval_cfg) -> tuple[dict, pd.DataFrame]:
+    """Fold k's XOR row and per-patient rows: the `one_random` assignment of `missing_model`."""
+    from healnet.survival.metrics import cindex
+
+    run = cohort.run(missing_model, k)
+    data = cohort.fold(k, run)
+    idx = data.split_indices("test", run.modalities)
+    keep, present = scenario_masks(data, idx, run.modalities, eval_cfg.missing_seed + k)["one_random"]
+    given = given_modality(present, keep, run.modalities, data.case_ids)
+    # seed 0, the checkpoint's run
+    preds = {m: first_seed(cohort.predictions(model, k)) for m, model in unimodal.items() if m in run.modalities}
+    frame = xor_frame(given, preds, unimodal)
+    frame["paired_risk"] = run.predict_data(data, keep, present=present).risk
+    m = metrics_of(frame, run.edges, eval_cfg.ibs_grid_points)
+    row = {"model": XOR, "scenario": "one_random", "fold": str(k), **m, "excluded": len(idx) - len(keep)}
+    log.info("fold %d XOR baseline: c-index %.4f on %d patients %s; %s given one modality: %.4f", k, m["cindex"],
+             m["n"], frame["given"].value_counts().to_dict(), missing_model,
+             cindex(frame["time"], frame["event"], frame["paired_risk"]))
+    return row, frame.assign(fold=k, paired_model=missing_model, xor_risk=frame["risk"])
+
+
+def paper_cohort(models: Sequence[str], cohort, eval_cfg, paper_cfg, patching_cfg, outdir: str | Path,
+                 inspect_dir: str | Path) -> pd.DataFrame:
     """Write outdir/{cindex,cindex_missing,xor,xor_patients}.tsv and the inspection folder for `cohort`
-    (a `healnet.evaluate.Cohort`)."""
-    from healnet.evaluate import MISSING_COLUMNS, evaluate_cohort, with_summary
+    (a `healnet.evaluate.cohort.CohortRuns`: each checkpoint is loaded once for all three)."""
+    from healnet.evaluate import evaluate_cohort
     from healnet.paper.inspection import inspect_cohort
 
     outdir = Path(outdir)
-    table = evaluate_cohort(models, models_dir, cohort, eval_cfg, outdir / "cindex.tsv", outdir / "cindex_missing.tsv",
-                            inspect_dir=None, device=device)
+    table = evaluate_cohort(models, cohort, eval_cfg, outdir / "cindex.tsv", outdir / "cindex_missing.tsv")
     if paper_cfg.missing_model:
-        rows, patients = xor_baseline(cohort, models_dir, paper_cfg.missing_model, paper_cfg.unimodal, eval_cfg, device)
+        rows, patients = xor_baseline(cohort, paper_cfg.missing_model, paper_cfg.unimodal, eval_cfg)
     else:
         rows, patients = pd.DataFrame(columns=MISSING_COLUMNS), pd.DataFrame(columns=PATIENT_COLUMNS)
     write_tsv(with_summary(rows, ["model", "scenario"])[MISSING_COLUMNS], outdir / "xor.tsv")
     write_tsv(patients, outdir / "xor_patients.tsv")
-    inspect_cohort(paper_cfg.inspect_model, models_dir, cohort, cohort.sheet, cohort.feature_stores, eval_cfg,
-                   paper_cfg, patching_cfg, inspect_dir, device)
+    inspect_cohort(paper_cfg.inspect_model, cohort, eval_cfg, paper_cfg, patching_cfg, inspect_dir)
     return table

@@ -3,7 +3,9 @@
 The patient is the highest-risk held-out patient over all folds of `paper.inspect_model`, among those
 with every modality of the model when there are any. Attention scores come from the model itself
 (`forward(batch, return_attention=True)`: cross-attention of the latents on each token, mean over
-heads, latents and fusion layers; `healnet.inspect.attention`), on all of the patient's patches.
+heads, latents and fusion layers; `healnet.inspection.attention`), on all of the patient's patches.
+Patient choice, re-run, heatmaps and top features are the cohort report's (`healnet.inspection.patients`);
+this module adds the top patches.
 
 Written per cohort into `results/paper/inspection/{cohort}/`:
 - `<case>_<slide>_heatmap.png`: patch attention over the slide thumbnail (min-max within the slide);
@@ -11,35 +13,24 @@ Written per cohort into `results/paper/inspection/{cohort}/`:
 - `<case>_top_patches.png`: the `paper.top_patches` highest-attention patches in one panel, and each
   as `<case>_tile<rank>_<slide>_x<X>_y<Y>.png` (the patch as the encoder saw it: level-0 region
   area-resampled to `patching.patch_size` px) for post-hoc analysis; `tiles.tsv` lists them;
-- `index.tsv`: every file with its patient, fold, risk and modality.
+- `index.tsv`: every file with its patient, fold, risk and modality (`INDEX_COLUMNS`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from healnet.inspection.patients import INDEX_COLUMNS, attend, level0_size, write_maps
 from healnet.io import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["model", "case_id", "fold", "risk", "modality", "kind", "file"]
 TILE_COLUMNS = ["rank", "slide_id", "x", "y", "size_level0", "attention", "file"]
-
-
-def pick_patient(predictions: pd.DataFrame, modalities: Sequence[str]) -> pd.Series:
-    """The highest-risk row of pooled test predictions (with `fold`), preferring every modality present."""
-    if predictions.empty:
-        raise ValueError("no test predictions to pick a patient from")
-    full = predictions[predictions["modalities"] == "+".join(modalities)]
-    pool = full if len(full) else predictions
-    return pool.loc[pool["risk"].idxmax()]
 
 
 def top_patches(bags, scores: np.ndarray, k: int) -> pd.DataFrame:
@@ -49,7 +40,7 @@ def top_patches(bags, scores: np.ndarray, k: int) -> pd.DataFrame:
         raise ValueError(f"{len(scores)} patch attention scores for {n} patches")
     parts = [
         pd.DataFrame({"slide_id": b.slide_id, "x": b.coords[:, 0], "y": b.coords[:, 1],
-                      "size_level0": b.patch_size_level0 or 224})
+                      "size_level0": level0_size(b)})
         for b in bags
     ]
     df = pd.concat(parts, ignore_index=True).assign(attention=np.asarray(scores, dtype=float))
@@ -108,110 +99,34 @@ def _panel(images: list[tuple[np.ndarray, str]], title: str, out_png: Path) -> N
     plt.close(fig)
 
 
-def plot_top_features(features: pd.DataFrame, title: str, out_png: str | Path) -> None:
-    """Horizontal bars of attention per feature (rank 1 on top), coloured by the input value's sign."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = features.iloc[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(df) + 1.2), dpi=100)
-    colours = ["#c0392b" if v > 0 else "#2e86c1" for v in df.get("value", pd.Series(0.0, index=df.index))]
-    ax.barh(df["feature"], df["attention"], color=colours)
-    ax.set_xlabel("attention (mean over heads, latents, layers)")
-    ax.set_title(title + "\n(red: input above 0, blue: at or below 0)", fontsize=9)
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def inspect_cohort(model: str | None, models_dir: str | Path, cohort, sheet: str | Path | None,
-                   feature_stores: Sequence[str | Path], eval_cfg, paper_cfg, patching_cfg, out_dir: str | Path,
-                   device: str = "cpu") -> pd.DataFrame:
+def inspect_cohort(model: str | None, cohort, eval_cfg, paper_cfg, patching_cfg, out_dir: str | Path) -> pd.DataFrame:
     """Fill `out_dir` (atomically) for the cohort's highest-risk patient; returns index.tsv's table.
 
-    `cohort` is a `healnet.evaluate.Cohort`. Nothing but an empty index when `model` is None or
-    returns no attention.
+    `cohort` is a `healnet.evaluate.cohort.CohortRuns`. Nothing but an empty index when `model` is None
+    or returns no attention.
     """
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        index = _inspect(model, Path(models_dir), cohort, sheet, eval_cfg, paper_cfg, patching_cfg, tmp, device)
+        index = _inspect(model, cohort, eval_cfg, paper_cfg, patching_cfg, tmp) if model else []
+        if model is None:
+            log.info("paper.inspect_model is null: no inspection")
         write_tsv(pd.DataFrame(index, columns=INDEX_COLUMNS), tmp / "index.tsv")
     return pd.DataFrame(index, columns=INDEX_COLUMNS)
 
 
-def _inspect(model, models_dir: Path, cohort, sheet, eval_cfg, paper_cfg, patching_cfg, out: Path, device: str) -> list[dict]:
-    import torch
+def _inspect(model: str, cohort, eval_cfg, paper_cfg, patching_cfg, out: Path) -> list[dict]:
+    from healnet.training.data import WSI
 
-    from healnet.evaluate import first_seed
-    from healnet.inspect.attention import mean_over_layers, save_heatmap, top_features
-    from healnet.training.data import WSI, make_batch
-    from healnet.training.loop import load_model
-
-    if model is None:
-        log.info("paper.inspect_model is null: no inspection")
-        return []
-    preds = pd.concat(
-        [first_seed(pd.read_csv(models_dir / model / f"fold{k}" / "predictions.tsv", sep="\t", dtype={"case_id": str})).assign(fold=k)
-         for k in sorted(cohort.fold_files)],
-        ignore_index=True,
-    )
-    first = min(cohort.fold_files)
-    _, ckpt = load_model(models_dir / model / f"fold{first}" / "checkpoint.pt", device)
-    mods = ckpt["modalities"]
-    row = pick_patient(preds, mods)
-    k, case, risk = int(row["fold"]), str(row["case_id"]), float(row["risk"])
-    net, ckpt = load_model(models_dir / model / f"fold{k}" / "checkpoint.pt", device)
-    if "return_attention" not in inspect.signature(net.forward).parameters:
-        log.warning("model %s (%s) returns no attention: nothing to inspect", model, ckpt["architecture"])
-        return []
-    log.info("inspecting %s: patient %s (fold %d, risk %.4f, modalities %s)", model, case, k, risk, row["modalities"])
-    data = cohort.fold(k)
-    batch = make_batch(data, [data.index[case]], mods, device=device)
-    with torch.no_grad():
-        _, attn = net(batch, return_attention=True)
-    slide_paths: dict[str, str] = {}
-    if sheet is not None:
-        from healnet.sheets import read_sample_sheet
-
-        s = read_sample_sheet(sheet, check_files=False)
-        slide_paths = dict(zip(s["slide_id"].astype(str), s["path"].astype(str)))
-    base = {"model": model, "case_id": case, "fold": k, "risk": risk}
+    slide_paths = cohort.slide_paths()
     index = []
-    for m in mods:
-        if not bool(batch["present"][m][0]):
-            continue
-        scores = mean_over_layers(attn[m])[0]
-        if m == WSI:
-            bags = data.wsi.slide_bags(case)
-            start = 0
-            for bag in bags:
-                s = scores[start : start + len(bag.features)]
-                start += len(bag.features)
-                name = f"{case}_{bag.slide_id}_heatmap.png"
-                save_heatmap(out / name, bag.coords, s, bag.patch_size_level0 or patching_cfg.patch_size,
-                             slide_paths.get(bag.slide_id),
-                             f"{model}: {case} (fold {k}, risk {risk:.3f}), {bag.slide_id}: mean patch attention",
-                             eval_cfg.inspect_thumbnail_px)
-                index.append({**base, "modality": m, "kind": "heatmap", "file": name})
-            tiles = save_tiles(top_patches(bags, scores, paper_cfg.top_patches), slide_paths, case,
+    for a in attend(cohort, model, ("highest_risk",)):
+        index += write_maps(a, out, a.case, eval_cfg, slide_paths, plot_features=True)
+        if WSI in a.scores:
+            tiles = save_tiles(top_patches(a.bags, a.scores[WSI], paper_cfg.top_patches), slide_paths, a.case,
                                patching_cfg.patch_size, out)
             write_tsv(tiles, out / "tiles.tsv", float_format="%.6g")
-            index += [{**base, "modality": m, "kind": "tile", "file": f} for f in tiles["file"] if f]
-            if (out / f"{case}_top_patches.png").exists():
-                index.append({**base, "modality": m, "kind": "top_patches", "file": f"{case}_top_patches.png"})
-        else:
-            names = ckpt["feature_names"].get(m) or [f"{m}_{i}" for i in range(len(scores))]
-            if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
-                log.info("model %s: %d %s tokens for %d features: no per-feature ranking", model, len(scores), m, len(names))
-                continue
-            top = top_features(scores, names, batch[m][0].cpu().numpy(), eval_cfg.inspect_top_features)
-            stem = f"{case}_{m}_top_features"
-            write_tsv(top, out / f"{stem}.tsv", float_format="%.6g")
-            plot_top_features(top, f"{model}: {case} (risk {risk:.3f}), top {len(top)} {m} features", out / f"{stem}.png")
-            index += [{**base, "modality": m, "kind": "top_features", "file": f"{stem}.{ext}"} for ext in ("tsv", "png")]
+            index += [{**a.base, "modality": WSI, "kind": "tile", "file": f} for f in tiles["file"] if f]
+            if (out / f"{a.case}_top_patches.png").exists():
+                index.append({**a.base, "modality": WSI, "kind": "top_patches", "file": f"{a.case}_top_patches.png"})
     return index

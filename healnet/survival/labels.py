@@ -93,10 +93,15 @@ def load_labels(path: str | Path) -> pd.DataFrame:
     )
 
 
-def bins_for_fold(labels: pd.DataFrame, train_ids: Iterable[str], cfg: Labels) -> pd.Series:
-    """Each patient's bin for one fold: labels.tsv's cohort bins, or edges from the training patients."""
+def bins_for_fold(labels: pd.DataFrame, train_ids: Iterable[str], cfg: Labels) -> tuple[pd.Series, np.ndarray]:
+    """(each patient's bin, the n_bins + 1 edges) for one fold: labels.tsv's cohort bins with the
+    cohort's edges, or edges from the fold's training patients (`labels.edges_from: train`).
+
+    `labels` is `load_labels`'s table (indexed by case_id). The one place fold bins are made."""
     if cfg.edges_from == "cohort":
-        return labels["bin"].copy()
+        edges = bin_edges(labels["survival_months"].to_numpy(), labels["event"].to_numpy(), cfg.n_bins, cfg.eps)
+        return labels["bin"].copy(), np.asarray(edges, dtype=float)
     train = labels.loc[labels.index.intersection(pd.Index(list(train_ids)))]
     edges = bin_edges(train["survival_months"].to_numpy(), train["event"].to_numpy(), cfg.n_bins, cfg.eps)
-    return pd.Series(assign_bins(labels["survival_months"].to_numpy(), edges), index=labels.index, name="bin")
+    bins = pd.Series(assign_bins(labels["survival_months"].to_numpy(), edges), index=labels.index, name="bin")
+    return bins, np.asarray(edges, dtype=float)

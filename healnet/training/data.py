@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,11 @@ class SlideBag:
 class WsiBags:
     """Patch-feature bags per patient, held in memory or read from the feature stores on demand."""
 
-    def __init__(self, slides: dict[str, list[str]], feature_dim: int, loader: Callable[[str], SlideBag]):
+    def __init__(self, slides: dict[str, list[str]], feature_dim: int, loader: Callable[[str], SlideBag],
+                 encoder: dict | None = None):
         self.slides = {case: ids for case, ids in slides.items() if ids}  # cases with >= 1 patch
         self.feature_dim = feature_dim
+        self.encoder = encoder  # {"encoder": name, "weights": ...} of the stores (None: in-memory bags)
         self._loader = loader
 
     @classmethod
@@ -67,7 +69,7 @@ class WsiBags:
         slides: dict[str, list[str]] = {}
         path_of: dict[str, Path] = {}
         cache: dict[str, SlideBag] = {}
-        total, dims, skipped = 0, set(), []
+        total, dims, skipped, encoders = 0, set(), [], {}
         for path in paths:
             store = read_feature_store(path)
             slide_id = str(store.attrs.get("slide_id") or Path(path).name.removesuffix(".zarr"))
@@ -81,6 +83,8 @@ class WsiBags:
                 skipped.append(f"{slide_id} ({store.attrs.get('status')}: {store.attrs.get('reason', '')})")
                 continue
             dims.add(int(store.features.shape[1]))
+            encoders.setdefault(store.attrs.get("encoder"), {"encoder": store.attrs.get("encoder"),
+                                                             "weights": store.attrs.get("weights")})
             slides.setdefault(case_of[slide_id], []).append(slide_id)
             path_of[slide_id] = Path(path)
             total += store.features.nbytes
@@ -88,6 +92,8 @@ class WsiBags:
                 cache[slide_id] = _bag_of(store, slide_id)
         if len(dims) > 1:
             raise ValueError(f"feature stores have different feature sizes {sorted(dims)}; use one encoder per cohort")
+        if len(encoders) > 1:
+            raise ValueError(f"feature stores come from different encoders {sorted(map(str, encoders))}; use one encoder per cohort")
         if skipped:
             log.info("%d slides without patches (left out): %s", len(skipped), ", ".join(skipped))
         if total > cache_bytes:
@@ -99,7 +105,7 @@ class WsiBags:
                 return cache[slide_id]
             return _bag_of(read_feature_store(path_of[slide_id]), slide_id)
 
-        return cls(slides, dims.pop() if dims else 0, load)
+        return cls(slides, dims.pop() if dims else 0, load, next(iter(encoders.values()), None))
 
     def has(self, case: str) -> bool:
         return case in self.slides
@@ -113,13 +119,22 @@ class WsiBags:
 
 
 def _bag_of(store, slide_id: str) -> SlideBag:
-    size = store.attrs.get("patch_size_level0")
     return SlideBag(
         slide_id,
         np.asarray(store.features, dtype=np.float32),
         np.asarray(store.coords, dtype=np.int64),
-        int(size) if size is not None else None,
+        level0_patch_size(store.attrs),
     )
+
+
+def level0_patch_size(attrs: dict) -> int | None:
+    """Level-0 px one patch covers: the store's `patch_size_level0`, else derived from its
+    `patch_size` at `target_mpp` on a slide of `mpp` (healnet.wsi.patches); None when unrecorded."""
+    if attrs.get("patch_size_level0") is not None:
+        return int(attrs["patch_size_level0"])
+    if all(attrs.get(k) for k in ("patch_size", "target_mpp", "mpp")):
+        return int(round(attrs["patch_size"] * attrs["target_mpp"] / attrs["mpp"]))
+    return None
 
 
 @dataclass
@@ -136,6 +151,7 @@ class FoldData:
     feature_names: dict[str, list[str]]
     wsi: WsiBags | None
     split_of: np.ndarray  # (n,) str: train / val / test
+    transform: Any = None  # the fitted OmicsTransform of the tabular modalities (None: no omics)
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -274,42 +290,54 @@ def load_fold_data(
     cache_bytes: int = 2 << 30,
     wsi: WsiBags | None = None,
 ) -> FoldData:
-    """Read labels, the fold file, omics (transform fitted on this fold's train patients) and bags.
+    """Training data of one fold: labels, bin edges and the omics transform fitted on this fold's
+    train patients (`FoldData.edges`, `.transform`, carried into the checkpoint), and the bags.
 
     `wsi`: bags already read (they do not depend on the fold), else read from `feature_stores`.
     """
-    from healnet.survival.labels import assign_bins, bin_edges, load_labels
-    from healnet.survival.splits import load_fold
+    from healnet.survival.labels import bins_for_fold
 
-    labels = load_labels(labels_path).reset_index()
-    fold = load_fold(fold_path).reset_index()
-    unknown = sorted(set(fold["case_id"]) - set(labels["case_id"]))
-    if unknown:
-        log.warning("%s: %d patients have no survival label and are left out (e.g. %s)", fold_path, len(unknown), unknown[:3])
-    df = fold.merge(labels, on="case_id", how="inner")
-    if df.empty:
-        raise ValueError(f"{fold_path}: no patient of this fold has a label in {labels_path}; check both come from one cohort")
-    time = df["survival_months"].to_numpy(dtype=float)
-    event = df["event"].to_numpy(dtype=int)
-    train = (df["split"] == "train").to_numpy()
-    if labels_cfg.edges_from == "train":
-        edges = np.asarray(bin_edges(time[train], event[train], labels_cfg.n_bins, labels_cfg.eps), dtype=float)
-        bins = np.asarray(assign_bins(time, edges), dtype=int)
-    else:  # cohort-wide edges, as the labels file was made
-        all_time = labels["survival_months"].to_numpy(dtype=float)
-        all_event = labels["event"].to_numpy(dtype=int)
-        edges = np.asarray(bin_edges(all_time, all_event, labels_cfg.n_bins, labels_cfg.eps), dtype=float)
-        bins = df["bin"].to_numpy(dtype=int)
-    case_ids = df["case_id"].tolist()
-
-    tabular, tab_present, names = {}, {}, {}
+    labels, df = read_fold_labels(labels_path, fold_path)
+    train_ids = df.loc[df["split"] == "train", "case_id"]
+    bins, edges = bins_for_fold(labels, train_ids, labels_cfg)
+    omics, transform = None, None
     if omics_path is not None:
-        tabular, tab_present, names = _load_tabular(omics_path, case_ids, set(np.array(case_ids)[train]), omics_cfg)
+        omics = read_omics(omics_path)
+        transform = fit_fold_transform(omics, set(train_ids), omics_cfg, omics_path)
     if wsi is None and feature_stores:
         wsi = read_bags(feature_stores, sheet_path, cache_bytes)
+    return fold_data(df, edges, bins.loc[df["case_id"]].to_numpy(dtype=int), omics, transform, wsi, omics_path)
+
+
+def read_fold_labels(labels_path: str | Path, fold_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(labels.tsv indexed by case_id, the fold's labelled patients: case_id, split and their labels)."""
+    from healnet.survival.labels import load_labels
+    from healnet.survival.splits import load_fold
+
+    labels = load_labels(labels_path)
+    fold = load_fold(fold_path).reset_index()
+    unknown = sorted(set(fold["case_id"]) - set(labels.index))
+    if unknown:
+        log.warning("%s: %d patients have no survival label and are left out (e.g. %s)", fold_path, len(unknown), unknown[:3])
+    df = fold.merge(labels.reset_index(), on="case_id", how="inner")
+    if df.empty:
+        raise ValueError(f"{fold_path}: no patient of this fold has a label in {labels_path}; check both come from one cohort")
+    return labels, df
+
+
+def fold_data(df: pd.DataFrame, edges: np.ndarray, bins: np.ndarray, omics: pd.DataFrame | None, transform,
+              wsi: WsiBags | None, source: str | Path | None = "omics") -> FoldData:
+    """FoldData of the patients of `df` (case_id, split, survival_months, event), omics through a
+    fitted `transform` (no statistics of these patients are computed here)."""
+    case_ids = df["case_id"].tolist()
+    tabular, present, names = {}, {}, {}
+    if transform is not None:
+        tabular, present, names = tabular_arrays(transform, omics, case_ids, source)
     return FoldData(
-        case_ids=case_ids, time=time, event=event, bins=bins, edges=edges, tabular=tabular,
-        tabular_present=tab_present, feature_names=names, wsi=wsi, split_of=df["split"].to_numpy(dtype=str),
+        case_ids=case_ids, time=df["survival_months"].to_numpy(dtype=float), event=df["event"].to_numpy(dtype=int),
+        bins=np.asarray(bins, dtype=int), edges=np.asarray(edges, dtype=float), tabular=tabular,
+        tabular_present=present, feature_names=names, wsi=wsi, split_of=df["split"].to_numpy(dtype=str),
+        transform=transform,
     )
 
 
@@ -322,17 +350,30 @@ def read_bags(feature_stores: Sequence[str | Path], sheet_path: str | Path | Non
     return WsiBags.from_stores(feature_stores, read_sample_sheet(sheet_path, check_files=False), cache_bytes)
 
 
-def _load_tabular(omics_path, case_ids: list[str], train_ids: set[str], omics_cfg):
-    """Per-fold omics: transform fitted on train patients; one modality per type plus `omics`."""
-    from healnet.omics.preprocess import fit_omics_transform, load_omics
-    from healnet.omics.tables import omic_type
+def read_omics(omics_path: str | Path) -> pd.DataFrame:
+    """The omics matrix (`healnet.omics.preprocess.load_omics`) indexed by str case_id."""
+    from healnet.omics.preprocess import load_omics
 
     omics = load_omics(omics_path)
     omics.index = omics.index.astype(str)
+    return omics
+
+
+def fit_fold_transform(omics: pd.DataFrame, train_ids: set[str], omics_cfg, omics_path: str | Path | None = None):
+    """The omics transform fitted on the fold's training patients that have omics."""
+    from healnet.omics.preprocess import fit_omics_transform
+
     fit_ids = [c for c in omics.index if c in train_ids]
     if not fit_ids:
         raise ValueError(f"{omics_path}: no training patient of this fold has omics; cannot fit the omics transform")
-    transform = fit_omics_transform(omics, fit_ids, omics_cfg)
+    return fit_omics_transform(omics, fit_ids, omics_cfg)
+
+
+def tabular_arrays(transform, omics: pd.DataFrame, case_ids: list[str], source: str | Path | None = "omics"):
+    """(tabular, present, names) of `case_ids`: one modality per omic type plus `omics`, through the
+    fitted `transform`. A type is missing for a patient whose raw values of that type are all empty."""
+    from healnet.omics.tables import omic_type
+
     arrays = transform.transform(omics)
     row_of = {c: i for i, c in enumerate(omics.index)}
     rows = np.array([row_of.get(c, -1) for c in case_ids])
@@ -348,7 +389,7 @@ def _load_tabular(omics_path, case_ids: list[str], train_ids: set[str], omics_cf
         x[~pres] = 0.0  # never read: absent samples are skipped by the model
         n_nan = int(np.isnan(x).sum())
         if n_nan:
-            log.warning("%s: %d empty %s values of present patients set to 0 after the transform", omics_path, n_nan, kind)
+            log.warning("%s: %d empty %s values of present patients set to 0 after the transform", source, n_nan, kind)
             x = np.nan_to_num(x, nan=0.0)
         tabular[kind], present[kind] = x, pres
         names[kind] = list(transform.feature_names[kind])
@@ -361,5 +402,5 @@ def _load_tabular(omics_path, case_ids: list[str], train_ids: set[str], omics_cf
         present[OMICS] = np.zeros(len(case_ids), dtype=bool)
     n_missing = int((~present[OMICS]).sum())
     if n_missing:
-        log.info("%d of %d patients of this fold have no omics (omics-missing)", n_missing, len(case_ids))
+        log.info("%d of %d patients have no omics (omics-missing)", n_missing, len(case_ids))
     return tabular, present, names

@@ -1,4 +1,5 @@
-"""Training and prediction for one model on one fold; model-agnostic (only the registry contract).
+"""Training of one model on one fold; model-agnostic (only the registry contract). Scoring a
+trained run (`predict`, `load_model`, `load_run`) is `healnet.inference`.
 
 Protocol: a fixed epoch budget, evaluation on the fold's held-out `test` patients. Early stopping,
 when configured, watches only the inner `val` split carved from training data, and restores a deep
@@ -14,7 +15,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from healnet import __version__
 from healnet.io import atomic_path, write_tsv
+from healnet.inference import attach_wsi_center, predict
 from healnet.models import build_model
 from healnet.survival.loss import l1_penalty, nll_loss
 from healnet.survival.metrics import cindex, risk_from_survival, survival_from_logits
@@ -51,53 +52,6 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-@dataclass
-class Predictions:
-    case_ids: list[str]
-    surv: np.ndarray  # (n, K)
-    risk: np.ndarray  # (n,)
-    loss: float
-    modalities: list[str]  # per patient, "+"-joined modalities present
-
-    def frame(self, data: FoldData, indices: np.ndarray) -> pd.DataFrame:
-        df = pd.DataFrame({"case_id": self.case_ids, "risk": self.risk})
-        for j in range(self.surv.shape[1]):
-            df[f"surv_{j}"] = self.surv[:, j]
-        df["modalities"] = self.modalities
-        df["event"] = data.event[indices]
-        df["time"] = data.time[indices]
-        df["bin"] = data.bins[indices]
-        return df
-
-
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    data: FoldData,
-    indices: np.ndarray,
-    modalities: Sequence[str],
-    batch_size: int = 1,
-    device: torch.device | str = "cpu",
-    present: dict[str, np.ndarray] | None = None,
-    alpha: float = 0.0,
-) -> Predictions:
-    """Survival, risk and mean NLL for `indices`, all patches of every bag (no cap)."""
-    model.eval()
-    survs, losses = [], []
-    for start in range(0, len(indices), batch_size):
-        batch = make_batch(data, indices[start : start + batch_size], modalities, present=present, device=device)
-        logits = model(batch)
-        losses.append(float(nll_loss(logits, batch["bins"], batch["censorship"], alpha, reduction="sum")))
-        survs.append(survival_from_logits(logits).float().cpu().numpy())
-    surv = np.concatenate(survs) if survs else np.zeros((0, data.n_bins))
-    pres = {m: (present[m] if present is not None and m in present else data.present(m))[indices] for m in modalities}
-    mods = ["+".join(m for m in modalities if pres[m][i]) for i in range(len(indices))]
-    return Predictions(
-        [data.case_ids[i] for i in indices], surv, risk_from_survival(surv),
-        sum(losses) / max(len(indices), 1), mods,
-    )
 
 
 def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -154,7 +108,8 @@ def train_fold(
     model_name: str = "model",
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """Train one model on one fold, `cfg.seeds` times; write checkpoint.pt, predictions.tsv, train_log.tsv.
+    """Train one model on one fold, `cfg.seeds` times; write the run (`healnet.runs`): checkpoint.pt,
+    run.json, predictions.tsv, train_log.tsv.
 
     `cfg` is the `training` section. Seed s of fold k is `cfg.seed + k + SEED_STRIDE * s`, so seed 0 is
     the single-seed run. predictions.tsv and train_log.tsv hold every seed's rows (`seed` column);
@@ -165,54 +120,82 @@ def train_fold(
     device = resolve_device(cfg.device)
     if threads:
         torch.set_num_threads(threads)
+    mods = usable_modalities(data, modalities, model_name)
+    n_seeds = 1 if getattr(model_class(architecture), "closed_form", False) else cfg.seeds
+    frames, logs, checkpoint = [], [], None
+    for s in range(n_seeds):
+        model, train_log, epoch = fit_model(
+            data, architecture, mods, params, cfg, fold, cfg.seed + fold + SEED_STRIDE * s, model_name, device,
+        )
+        frames.append(held_out_predictions(model, data, mods, cfg, device, fold, s))
+        logs.append(train_log.assign(seed=s))
+        if s == 0:
+            checkpoint = run_checkpoint(model, data, architecture, mods, params, cfg, fold, epoch, n_seeds, model_name)
+    frame = pd.concat(frames, ignore_index=True)
+    write_run(out_dir, checkpoint, frame, pd.concat(logs, ignore_index=True))
+    return frame
+
+
+def usable_modalities(data: FoldData, modalities: Sequence[str], model_name: str) -> list[str]:
+    """The model's modalities that some patient has; an error when none."""
     mods = data.available(modalities)
     if not mods:
         raise ValueError(
             f"model {model_name!r}: no patient of this cohort has any of its modalities {list(modalities)}; "
             "remove the model from the cohort's `models` or provide the data"
         )
-    input_dims = data.input_dims(mods)
-    names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
-    closed_form = bool(getattr(model_class(architecture), "closed_form", False))
-    n_seeds = 1 if closed_form else cfg.seeds
-    frames, logs, checkpoint = [], [], None
-    for s in range(n_seeds):
-        model, train_log, epoch = fit_model(
-            data, architecture, mods, params, cfg, fold, cfg.seed + fold + SEED_STRIDE * s, model_name, device,
-        )
-        test_idx = data.split_indices("test", mods)
-        pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
-        frame = pred.frame(data, test_idx)
-        frame.insert(1, "seed", s)
-        c_test = cindex(frame["time"], frame["event"], frame["risk"])
-        log.info("fold %d seed %d: test c-index %.4f on %d patients", fold, s, c_test, len(frame))
-        frames.append(frame)
-        logs.append(train_log.assign(seed=s))
-        if s == 0:
-            checkpoint = {
-                "model": model_name,
-                "architecture": architecture,
-                "modalities": list(mods),
-                "params": dict(params),
-                "input_dims": input_dims,
-                "n_bins": data.n_bins,
-                "edges": [float(e) for e in data.edges],
-                "feature_names": names,
-                "fold": fold,
-                "epoch": int(epoch),
-                "seeds": n_seeds,
-                "training": cfg.model_dump(),
-                "version": __version__,
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            }
+    return mods
+
+
+def held_out_predictions(model: torch.nn.Module, data: FoldData, mods: Sequence[str], cfg, device, fold: int,
+                     seed_index: int) -> pd.DataFrame:
+    """predictions.tsv rows of one seed: the fold's test patients."""
+    test_idx = data.split_indices("test", mods)
+    pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
+    frame = pred.frame(data, test_idx)
+    frame.insert(1, "seed", seed_index)
+    c_test = cindex(frame["time"], frame["event"], frame["risk"])
+    log.info("fold %d seed %d: test c-index %.4f on %d patients", fold, seed_index, c_test, len(frame))
+    return frame
+
+
+def run_checkpoint(model: torch.nn.Module, data: FoldData, architecture: str, mods: Sequence[str], params: dict,
+                   cfg, fold: int, epoch: int, n_seeds: int, model_name: str) -> dict:
+    """Everything a run needs to score new patients (`healnet.inference.load_run`): the weights (with the
+    WSI centre buffer) and what was fitted on the fold's training patients (omics transform, bin edges)."""
+    tabular = [m for m in mods if m != WSI]
+    return {
+        "model": model_name,
+        "architecture": architecture,
+        "modalities": list(mods),
+        "params": dict(params),
+        "input_dims": data.input_dims(mods),
+        "n_bins": data.n_bins,
+        "edges": [float(e) for e in data.edges],
+        "feature_names": {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names},
+        "omics_transform": data.transform.to_state() if tabular and data.transform is not None else None,
+        "omics": data.transform.config if tabular and data.transform is not None else None,
+        "encoder": data.wsi.encoder if WSI in mods and data.wsi is not None else None,
+        "fold": fold,
+        "epoch": int(epoch),
+        "seeds": n_seeds,
+        "training": cfg.model_dump(),
+        "version": __version__,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def write_run(out_dir: str | Path, checkpoint: dict, predictions: pd.DataFrame, train_log: pd.DataFrame) -> None:
+    """The run folder: checkpoint.pt, run.json (its metadata), train_log.tsv, predictions.tsv."""
+    from healnet.runs import CHECKPOINT, PREDICTIONS, TRAIN_LOG, write_info
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "checkpoint.pt") as tmp:
+    with atomic_path(out / CHECKPOINT) as tmp:
         torch.save(checkpoint, tmp)
-    frame = pd.concat(frames, ignore_index=True)
-    write_tsv(pd.concat(logs, ignore_index=True), out / "train_log.tsv")
-    write_tsv(frame, out / "predictions.tsv")
-    return frame
+    write_info({k: v for k, v in checkpoint.items() if k not in ("state_dict", "omics_transform")}, out)
+    write_tsv(train_log, out / TRAIN_LOG)
+    write_tsv(predictions, out / PREDICTIONS)
 
 
 SEED_STRIDE = 1000  # seed s of fold k: training.seed + k + 1000 s (s = 0 is the single-seed run)
@@ -249,33 +232,62 @@ def fit_model(
     val_idx = data.split_indices("val", mods)
     if len(train_idx) == 0:
         raise ValueError(f"fold {fold}: no training patient has any of the modalities {list(mods)}")
-    input_dims = data.input_dims(mods)
     names = {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names}
-    model = build_model(architecture, input_dims, data.n_bins, params, names)
+    model = build_model(architecture, data.input_dims(mods), data.n_bins, params, names)
     if getattr(model, "closed_form", False):
         return fit_closed_form(model, data, train_idx, val_idx, mods, seed, model_name, fold)
-    patience = cfg.early_stopping_patience
-    if patience is not None and len(val_idx) == 0:
-        raise ValueError(
-            f"training.early_stopping_patience is {patience} but fold {fold} has no inner `val` patients; "
-            "set splits.inner_val_fraction > 0 or remove early_stopping_patience"
-        )
+    stopper = EarlyStopping.of(cfg, len(val_idx), fold)
     if cfg.center_wsi_features and WSI in mods:
         center = wsi_feature_mean(data, train_idx)
         if center is not None:
             attach_wsi_center(model, center)
     model = model.to(device)
-    opt = _optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     log.info(
         "model %s (%s, %d parameters), fold %d, seed %d: %d train / %d val patients, modalities %s, device %s",
         model_name, architecture, sum(p.numel() for p in model.parameters()), fold, seed,
         len(train_idx), len(val_idx), list(mods), device,
     )
-    rows, best, best_state, best_epoch, bad = [], math.inf, None, cfg.epochs, 0
-    epochs = tqdm(range(1, cfg.epochs + 1), desc=f"{model_name} fold {fold}", disable=None, unit="epoch")
-    for epoch in epochs:
+    return run_epochs(model, data, train_idx, val_idx, mods, cfg, fold, seed, stopper, model_name, device)
+
+
+class EarlyStopping:
+    """Watches the inner-val score after each epoch; keeps a deep copy of the best epoch's weights."""
+
+    def __init__(self, patience: int, metric: str, epochs: int):
+        self.patience, self.metric = patience, metric
+        self.best, self.state, self.epoch, self.bad = math.inf, None, epochs, 0
+
+    @classmethod
+    def of(cls, cfg, n_val: int, fold: int) -> "EarlyStopping | None":
+        """The `training` section's early stopping (None when off); an error without `val` patients."""
+        if cfg.early_stopping_patience is None:
+            return None
+        if n_val == 0:
+            raise ValueError(
+                f"training.early_stopping_patience is {cfg.early_stopping_patience} but fold {fold} has no inner "
+                "`val` patients; set splits.inner_val_fraction > 0 or remove early_stopping_patience"
+            )
+        return cls(cfg.early_stopping_patience, cfg.early_stopping_metric, cfg.epochs)
+
+    def stop(self, model: torch.nn.Module, row: dict) -> bool:
+        """Record epoch `row`; True when `patience` epochs in a row did not improve on the best."""
+        score = row["val_loss"] if self.metric == "loss" else -row["val_cindex"]
+        if score < self.best:  # a NaN score never improves
+            self.best, self.state, self.epoch, self.bad = score, copy.deepcopy(model.state_dict()), row["epoch"], 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+
+def run_epochs(model: torch.nn.Module, data: FoldData, train_idx: np.ndarray, val_idx: np.ndarray,
+               mods: Sequence[str], cfg, fold: int, seed: int, stopper: EarlyStopping | None,
+               model_name: str, device: torch.device) -> tuple[torch.nn.Module, pd.DataFrame, int]:
+    """The epoch loop: train, score the inner val split, stop early; (model, log, epoch it holds)."""
+    opt = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"{model_name} fold {fold}", disable=None, unit="epoch"):
         t0 = time.perf_counter()
         if cfg.balanced_sampling:
             order = balanced_order(data, train_idx, gen)
@@ -290,19 +302,13 @@ def fit_model(
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         log.info("fold %d epoch %d: %s", fold, epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-        if patience is not None:
-            score = row["val_loss"] if cfg.early_stopping_metric == "loss" else -row["val_cindex"]
-            if score < best:
-                best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
-            else:
-                bad += 1
-                if bad >= patience:
-                    log.info("early stopping at epoch %d; restoring epoch %d", epoch, best_epoch)
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stopper is not None and stopper.stop(model, row):
+            log.info("early stopping at epoch %d; restoring epoch %d", epoch, stopper.epoch)
+            break
+    if stopper is not None and stopper.state is not None:
+        model.load_state_dict(stopper.state)
     train_log = pd.DataFrame(rows)
-    held = best_epoch if patience is not None else len(rows)
+    held = stopper.epoch if stopper is not None else len(rows)
     train_log["best"] = train_log["epoch"] == held
     return model, train_log, held
 
@@ -323,33 +329,3 @@ def fit_closed_form(model, data: FoldData, train_idx, val_idx, mods, seed: int, 
     log.info("model %s fold %d: %s fitted on %d training patients: %s", model_name, fold,
              type(model).__name__, len(train_idx), info)
     return model, pd.DataFrame([row]).assign(best=True), 1
-
-
-def attach_wsi_center(model: torch.nn.Module, center: np.ndarray | torch.Tensor) -> torch.nn.Module:
-    """Make `model` subtract `center` (D,) from every real patch feature of its input bags (padding
-    stays 0). The centre is a buffer, so it is saved in the checkpoint's state dict, and a forward
-    pre-hook, so every caller of the model (training, prediction, evaluation, inspection) centres alike."""
-    model.register_buffer("wsi_center", torch.as_tensor(np.asarray(center), dtype=torch.float32))
-
-    def center_bags(module: torch.nn.Module, args: tuple) -> tuple:
-        batch = args[0]
-        if WSI not in batch:
-            return args
-        mask = batch[f"{WSI}_mask"].unsqueeze(-1).to(batch[WSI].dtype)
-        return ({**batch, WSI: (batch[WSI] - module.wsi_center) * mask}, *args[1:])
-
-    model.register_forward_pre_hook(center_bags)
-    return model
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained model from checkpoint.pt; returns (model in eval mode, checkpoint dict)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; run `healnet train` for this model and fold")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ckpt["architecture"], ckpt["input_dims"], ckpt["n_bins"], ckpt["params"], ckpt["feature_names"])
-    if "wsi_center" in ckpt["state_dict"]:
-        attach_wsi_center(model, ckpt["state_dict"]["wsi_center"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt

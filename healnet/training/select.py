@@ -43,6 +43,7 @@ def subset(data: FoldData, rows: np.ndarray, split_of: np.ndarray) -> FoldData:
         tabular={m: v[rows] for m, v in data.tabular.items()},
         tabular_present={m: v[rows] for m, v in data.tabular_present.items()},
         feature_names=data.feature_names, wsi=data.wsi, split_of=np.asarray(split_of, dtype=str),
+        transform=data.transform,
     )
 
 

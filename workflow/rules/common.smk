@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from healnet import plan
+from healnet import plan, runs
 from healnet.acquire.gdc import ManifestQuery, check_manifest_query, indexed_manifest
 from healnet.config import ConfigError, parse_config, targets_given_as_configfiles
 from healnet.hardware import has_nvidia_gpu
@@ -277,19 +277,20 @@ def train_data_inputs(wildcards):
 
 def cohort_runs(name, models):
     """results/{cohort}/models/{model}/fold{k} of every model and fold."""
-    return [
-        f"results/{name}/models/{m}/fold{k}"
-        for m in models
-        for k in range(n_folds(name))
-    ]
+    return runs.cohort_runs(name, models, n_folds(name))
+
+
+def cohort_models_dir(wildcards):
+    return runs.models_dir(wildcards.cohort)
 
 
 def evaluate_inputs(wildcards):
     c = wildcards.cohort
-    runs = cohort_runs(c, cohort_models(c))
+    dirs = cohort_runs(c, cohort_models(c))
     return {
-        "checkpoints": [f"{r}/checkpoint.pt" for r in runs],
-        "predictions": [f"{r}/predictions.tsv" for r in runs],
+        "checkpoints": [f"{r}/{runs.CHECKPOINT}" for r in dirs],
+        "runs": [f"{r}/{runs.RUN_JSON}" for r in dirs],
+        "predictions": [f"{r}/{runs.PREDICTIONS}" for r in dirs],
         **model_data_inputs(c, cohort_models(c)),
     }
 
@@ -313,8 +314,8 @@ def cohort_model_list(wildcards):
 
 def cohort_predictions(wildcards):
     """predictions.tsv of every model and fold of the cohort (the Kaplan-Meier plot's input)."""
-    runs = cohort_runs(wildcards.cohort, cohort_models(wildcards.cohort))
-    return [f"{r}/predictions.tsv" for r in runs]
+    dirs = cohort_runs(wildcards.cohort, cohort_models(wildcards.cohort))
+    return [f"{r}/{runs.PREDICTIONS}" for r in dirs]
 
 
 # --- Paper tables and figures (healnet/paper, rules/paper.smk) ---
@@ -340,10 +341,12 @@ def paper_inspection_dirs():
 def paper_cohort_inputs(wildcards):
     """What `healnet paper cohort` reads besides labels and folds: every paper model's runs, their data."""
     c = wildcards.cohort
-    runs = cohort_runs(c, paper_models(c))
+    dirs = cohort_runs(c, paper_models(c))
     return {
         "runs": [
-            f"{r}/{f}" for r in runs for f in ("checkpoint.pt", "predictions.tsv")
+            f"{r}/{f}"
+            for r in dirs
+            for f in (runs.CHECKPOINT, runs.RUN_JSON, runs.PREDICTIONS)
         ],
         **model_data_inputs(c, paper_models(c)),
     }

@@ -1,4 +1,6 @@
-# Training per cohort, model and fold; evaluation per cohort (healnet/training, healnet/evaluate.py).
+# Training per cohort, model and fold; evaluation per cohort (healnet/training, healnet/evaluate).
+# A run's folder and files: healnet/runs.py (`runs`, imported in common.smk).
+from healnet.runs import run_file
 
 
 wildcard_constraints:
@@ -11,9 +13,10 @@ rule train:
         labels="results/{cohort}/labels.tsv",
         fold="results/{cohort}/splits/fold{fold}.tsv",
     output:
-        checkpoint="results/{cohort}/models/{model}/fold{fold}/checkpoint.pt",
-        predictions="results/{cohort}/models/{model}/fold{fold}/predictions.tsv",
-        train_log="results/{cohort}/models/{model}/fold{fold}/train_log.tsv",
+        checkpoint=run_file(runs.CHECKPOINT),
+        run_json=run_file(runs.RUN_JSON),
+        predictions=run_file(runs.PREDICTIONS),
+        train_log=run_file(runs.TRAIN_LOG),
     log:
         "logs/{cohort}/train/{model}_fold{fold}.log",
     benchmark:
@@ -70,17 +73,15 @@ rule evaluate:
     params:
         data=data_args,
         models=cohort_model_list,
+        models_dir=cohort_models_dir,
         evaluation=section_json("evaluation"),
         training=cohort_training_json,
-        omics=section_json("omics"),
-        labels=section_json("labels"),
     shell:
-        "healnet evaluate --models {params.models} --models-dir results/{wildcards.cohort}/models "
+        "healnet evaluate --models {params.models} --models-dir {params.models_dir} "
         "--fold-files {input.folds} --labels {input.labels} {params.data} "
         "--cindex {output.cindex} --missing {output.missing} --inspect {output.inspect} "
         "--versions {output.versions} "
         "--params {params.evaluation:q} --training {params.training:q} "
-        "--omics-params {params.omics:q} --labels-params {params.labels:q} "
         "--threads {threads} --log {log}"
 
 

@@ -53,15 +53,14 @@ rule paper_cohort:
         evaluation=section_json("evaluation"),
         patching=section_json("patching"),
         training=cohort_training_json,
-        omics=section_json("omics"),
-        labels=section_json("labels"),
+        models_dir=cohort_models_dir,
         outdir=subpath(output.cindex, parent=True),
     shell:
-        "healnet paper cohort --models {params.models} --models-dir results/{wildcards.cohort}/models "
+        "healnet paper cohort --models {params.models} --models-dir {params.models_dir} "
         "--fold-files {input.folds} --labels {input.labels} {params.data} --outdir {params.outdir} "
         "--inspect {output.inspection} --paper {params.paper:q} --evaluation {params.evaluation:q} "
-        "--patching {params.patching:q} --training {params.training:q} --omics-params {params.omics:q} "
-        "--labels-params {params.labels:q} --threads {threads} --log {log}"
+        "--patching {params.patching:q} --training {params.training:q} "
+        "--threads {threads} --log {log}"
 
 
 rule paper_tables:

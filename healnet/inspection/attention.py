@@ -84,3 +84,23 @@ def save_heatmap(
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_top_features(features: pd.DataFrame, title: str, out_png: str | Path) -> None:
+    """Horizontal bars of attention per feature (rank 1 on top), coloured by the input value's sign."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = features.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(df) + 1.2), dpi=100)
+    colours = ["#c0392b" if v > 0 else "#2e86c1" for v in df.get("value", pd.Series(0.0, index=df.index))]
+    ax.barh(df["feature"], df["attention"], color=colours)
+    ax.set_xlabel("attention (mean over heads, latents, layers)")
+    ax.set_title(title + "\n(red: input above 0, blue: at or below 0)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

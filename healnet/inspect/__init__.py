@@ -1,1 +1,0 @@
-"""healnet.inspect"""
