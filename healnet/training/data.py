@@ -195,7 +195,9 @@ class FoldData:
         for m in modalities:
             has_any |= self.present(m)[idx]
         if (~has_any).any():
-            log.warning(
+            # Expected wherever a modality is missing for some patients (a slide-only model cannot
+            # score a patient without slides); cindex.tsv counts them (`excluded`), so INFO, not WARNING.
+            log.info(
                 "%s split: %d of %d patients have none of the modalities %s and are left out",
                 split, int((~has_any).sum()), len(idx), list(modalities),
             )
