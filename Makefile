@@ -55,6 +55,8 @@ bench: install
 lint: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check workflow
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-demo:
 	rm -rf data/demo results/demo

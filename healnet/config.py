@@ -69,7 +69,7 @@ class Cohort(Strict):
     )
 
     @model_validator(mode="after")
-    def _downloads_are_pinned(self) -> "Cohort":
+    def _downloads_are_pinned(self) -> Cohort:
         if self.clinical_omics_url and not self.clinical_omics_sha256:
             raise ValueError(
                 "clinical_omics_url needs clinical_omics_sha256 (compute it with `sha256sum FILE`)"
@@ -174,7 +174,7 @@ class Demo(Strict):
     jpeg_quality: int = Field(80, ge=10, le=100)
 
     @model_validator(mode="after")
-    def _one_modality_each(self) -> "Demo":
+    def _one_modality_each(self) -> Demo:
         if self.frac_no_slide + self.frac_no_omics > 1:
             raise ValueError(
                 "demo.frac_no_slide + demo.frac_no_omics must be <= 1: every patient keeps at least one modality"
@@ -445,14 +445,14 @@ class Config(Strict):
     paper: Paper = Paper()
 
     @model_validator(mode="after")
-    def _gdc_cohort_paths(self) -> "Config":
+    def _gdc_cohort_paths(self) -> Config:
         """Fill in where a GDC cohort's sheet and downloaded tables live (healnet/acquire/sources.py)."""
         for name, cohort in self.cohorts.items():
             cohort.resolve_downloads(name)
         return self
 
     @model_validator(mode="after")
-    def _names_resolve(self) -> "Config":
+    def _names_resolve(self) -> Config:
         for name, cohort in self.cohorts.items():
             enc = cohort.encoder or self.features.encoder
             if enc not in self.encoders:
@@ -468,7 +468,7 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
-    def _training_overrides_valid(self) -> "Config":
+    def _training_overrides_valid(self) -> Config:
         overrides = [(f"cohorts.{name}", c.training) for name, c in self.cohorts.items()]
         overrides += [(f"models.{name}", m.training) for name, m in self.models.items()]
         for where, override in overrides:
@@ -485,7 +485,7 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
-    def _paper_names_resolve(self) -> "Config":
+    def _paper_names_resolve(self) -> Config:
         p = self.paper
         if "paper" in self.cohorts:
             raise ValueError("cohorts: the name 'paper' is reserved for results/paper (the paper's tables); rename the cohort")

@@ -10,9 +10,9 @@ feature stores with their sample sheet) with nothing else, wherever the folder i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

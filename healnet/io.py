@@ -3,15 +3,16 @@ reads cached while a file is unchanged."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
 import shutil
 import uuid
-import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 

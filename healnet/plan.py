@@ -11,8 +11,8 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from healnet.config import Config
 from healnet.modalities import WSI

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_gdc import FakeGDC, _record, sha256_of
 
 from healnet.wsi.store import read_feature_store
 from healnet.wsi.synthetic import he_image, write_slide
-from test_gdc import FakeGDC, _record, sha256_of
 
 BIN = Path(sys.executable).parent
 CASES = ["TCGA-2F-A9KO", "TCGA-2F-A9KP", "TCGA-4Z-AA7M"]

@@ -7,7 +7,6 @@ import torch
 
 from healnet.models import build_model
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 D, F_OMICS = 12, 9

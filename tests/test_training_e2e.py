@@ -8,14 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from healnet.cli import main
 from healnet.io import write_tsv
 from healnet.survival.labels import assign_bins, bin_edges
 from healnet.survival.metrics import cindex
 from healnet.wsi.store import write_feature_store
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from healnet.config import Training
+from healnet.inference import load_model
 from healnet.models import build_model
 from healnet.training.data import FoldData, SlideBag, WsiBags, balanced_order, make_batch
-from healnet.inference import load_model
 from healnet.training.loop import train_epoch, train_fold
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

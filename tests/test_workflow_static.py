@@ -1,4 +1,4 @@
-"""Static checks of the workflow: Snakemake's linter and snakefmt are clean."""
+"""Static checks: Snakemake's linter, snakefmt and ruff (lint + format, pyproject.toml) are clean."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def test_snakefmt_check_is_clean(repo):
         [str(BIN / "snakefmt"), "--check", "workflow"], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_lint_and_format_are_clean(repo):
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([str(BIN / "ruff"), *args], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
 def test_makefile_puts_the_venv_on_path(repo):

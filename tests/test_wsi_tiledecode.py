@@ -17,8 +17,15 @@ from healnet.wsi.extract import extract_features, iter_patches
 from healnet.wsi.patches import PatchGeometry, patch_geometry
 from healnet.wsi.slide import Slide, SlideError
 from healnet.wsi.synthetic import he_image, write_slide
-from healnet.wsi.tiledecode import (ADOBE_RGB, RegionDecoder, area_weights, choose_decode, iter_device_patches,
-                                    jpeg_level, jpeg_plan)
+from healnet.wsi.tiledecode import (
+    ADOBE_RGB,
+    RegionDecoder,
+    area_weights,
+    choose_decode,
+    iter_device_patches,
+    jpeg_level,
+    jpeg_plan,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")

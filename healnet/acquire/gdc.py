@@ -53,7 +53,7 @@ class ManifestQuery:
         return json.dumps({"project": self.project, "cases": self.cases, "max_files": self.max_files}, indent=1)
 
     @classmethod
-    def of_cohort(cls, cohort: Cohort) -> "ManifestQuery":
+    def of_cohort(cls, cohort: Cohort) -> ManifestQuery:
         """The query a cohort's config asks for (gdc_project, gdc_cases, gdc_max_files)."""
         return cls(cohort.gdc_project or "", sorted(cohort.gdc_cases) if cohort.gdc_cases else None,
                    cohort.gdc_max_files)

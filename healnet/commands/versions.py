@@ -17,7 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-
     from pathlib import Path
 
     from healnet.stack import drift, installed_versions, read_lock, setup_cfg_requirements, stale, write_versions

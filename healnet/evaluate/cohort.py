@@ -8,8 +8,8 @@ the run carries (omics transform, bin edges): nothing is refitted here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -35,7 +35,7 @@ class CohortRuns:
     @classmethod
     def from_files(cls, models_dir: str | Path, fold_files: Sequence[str | Path], labels: str | Path,
                    omics: str | Path | None = None, feature_stores: Sequence[str | Path] = (),
-                   sheet: str | Path | None = None, cache_gb: float = 2.0, device: str = "cpu") -> "CohortRuns":
+                   sheet: str | Path | None = None, cache_gb: float = 2.0, device: str = "cpu") -> CohortRuns:
         """The cohort of the stage files the evaluate and paper rules get (fold numbers from the names)."""
         folds = {fold_number(f): Path(f) for f in fold_files}
         return cls(models_dir, folds, labels, omics, feature_stores, sheet, cache_gb, device)

@@ -17,7 +17,7 @@ Contract shared by all models (HEALNet and baselines):
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -8,7 +8,7 @@ Linear(512, 256) + ReLU + Dropout -> Linear to the bins.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn

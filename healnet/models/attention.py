@@ -162,6 +162,6 @@ class Attention(nn.Module):
         else:
             attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over H, L
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
-        b, h, l, dh = out.shape
-        out = out.transpose(1, 2).reshape(b, l, h * dh)  # (B, L, H*dh)
+        b, h, n_q, dh = out.shape
+        out = out.transpose(1, 2).reshape(b, n_q, h * dh)  # (B, L, H*dh)
         return self.out_drop(self.out_act(self.to_out(out))), weights

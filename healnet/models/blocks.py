@@ -8,15 +8,13 @@ and concatenating present with absent parts would amount to imputing the absent 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
 from healnet.modalities import WSI
 from healnet.models.attention import lecun_normal_
-
-
 
 # --- tiny helpers -------------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from healnet.models.attention import Attention, FeedForward, normed_linears
 from healnet.models.omics_tokens import omics_tokenizer
 
 
-
 def fourier_features(n: int, num_bands: int, max_freq: float) -> torch.Tensor:
     """Perceiver position encoding of n positions in [-1, 1]: (n, 2 * num_bands + 1)."""
     pos = torch.linspace(-1.0, 1.0, n).unsqueeze(-1)  # (n, 1)

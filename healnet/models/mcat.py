@@ -16,8 +16,8 @@ MCAT). Without it, features are grouped by omic type (the `_<type>` suffix).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 import torch

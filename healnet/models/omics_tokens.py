@@ -21,7 +21,7 @@ The `clinical` modality (age, sex) always keeps one token per feature.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn

@@ -13,7 +13,7 @@ Patches are a set: their only positional encoding is the modality's (the batch c
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn

@@ -9,7 +9,7 @@ skip: concat with the raw embeddings h_path, h_omic -> Linear(768, 256) + ReLU -
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn

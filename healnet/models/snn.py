@@ -5,7 +5,7 @@ x (B, F) -> 4 x [Linear, ELU, AlphaDropout(0.25)] (F -> 256 -> 256 -> 256 -> 256
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn

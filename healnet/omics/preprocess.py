@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -170,7 +170,7 @@ class OmicsTransform:
         return {"blocks": blocks, "dropped": {t: list(v) for t, v in self.dropped.items()}, "config": self.config}
 
     @classmethod
-    def from_state(cls, state: dict) -> "OmicsTransform":
+    def from_state(cls, state: dict) -> OmicsTransform:
         """The transform `to_state` saved."""
         def array(v, dtype):  # a tensor (on whatever device the checkpoint was mapped to) or a list
             return np.asarray(v.cpu() if hasattr(v, "cpu") else v, dtype=dtype)

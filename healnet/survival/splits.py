@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ def generate_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[
     ids = labels.index.to_numpy()
     if len(ids) < n_folds:
         raise ValueError(f"{len(ids)} patients cannot make {n_folds} folds; lower splits.n_folds")
-    for name, y in zip(("bin x event", "event", "none"), _strata(labels, ids)):
+    for name, y in zip(("bin x event", "event", "none"), _strata(labels, ids)):  # noqa: B007 (name is logged after the loop)
         counts = np.unique(y, return_counts=True)[1]
         # StratifiedKFold copes with strata smaller than n_folds (they just cannot be in every
         # fold) but needs at least one stratum of n_folds patients.

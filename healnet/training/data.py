@@ -9,9 +9,10 @@ to the longest bag of the batch with a key-padding mask; tabular (B, F); `presen
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ class WsiBags:
         self._loader = loader
 
     @classmethod
-    def from_arrays(cls, bags: dict[str, list[SlideBag]]) -> "WsiBags":
+    def from_arrays(cls, bags: dict[str, list[SlideBag]]) -> WsiBags:
         """In-memory bags (tests, small cohorts)."""
         by_id = {b.slide_id: b for slides in bags.values() for b in slides}
         dims = {b.features.shape[1] for b in by_id.values()}
@@ -57,7 +58,7 @@ class WsiBags:
     @classmethod
     def from_stores(
         cls, paths: Iterable[str | Path], sheet: pd.DataFrame, cache_bytes: int = 2 << 30
-    ) -> "WsiBags":
+    ) -> WsiBags:
         """Feature stores (`healnet.wsi.store`) mapped to patients through the sample sheet.
 
         Failed and no-tissue slides (N = 0) are left out, so a patient none of whose slides has

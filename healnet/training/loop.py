@@ -15,8 +15,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from healnet import __version__
-from healnet.io import atomic_path, write_tsv
 from healnet.inference import attach_wsi_center, predict
+from healnet.io import atomic_path, write_tsv
 from healnet.models import build_model
 from healnet.survival.loss import l1_penalty, nll_loss
 from healnet.survival.metrics import cindex, risk_from_survival, survival_from_logits
@@ -258,7 +258,7 @@ class EarlyStopping:
         self.best, self.state, self.epoch, self.bad = math.inf, None, epochs, 0
 
     @classmethod
-    def of(cls, cfg, n_val: int, fold: int) -> "EarlyStopping | None":
+    def of(cls, cfg, n_val: int, fold: int) -> EarlyStopping | None:
         """The `training` section's early stopping (None when off); an error without `val` patients."""
         if cfg.early_stopping_patience is None:
             return None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -280,7 +280,7 @@ class Slide:
 
     @classmethod
     def open(cls, path: str | Path, reading: config.SlideReading, sheet_mpp: float | None = None,
-             cohort_mpp: float | None = None) -> "Slide":
+             cohort_mpp: float | None = None) -> Slide:
         """Open and resolve mpp (SlideError when the file is unreadable or has no known mpp)."""
         slide = cls(path)
         slide.mpp = resolve_mpp(slide.properties, path, sheet_mpp, cohort_mpp,
@@ -305,7 +305,7 @@ class Slide:
             self.tiles.close()
         self.osr.close()
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,9 @@ pre-encoded level-0 tiles; its decode cost per tile is that of real content.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import cv2
 import numpy as np

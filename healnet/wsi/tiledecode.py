@@ -22,9 +22,9 @@ import logging
 import math
 import queue
 import threading
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class RegionTiles:
         return np.array([self.tx0, self.ty0, self.nx, self.ny], np.int64), self.positions, self.data, self.lengths
 
     @classmethod
-    def from_arrays(cls, grid, positions, data, lengths) -> "RegionTiles":
+    def from_arrays(cls, grid, positions, data, lengths) -> RegionTiles:
         tx0, ty0, nx, ny = (int(v) for v in grid)
         return cls(tx0, ty0, nx, ny, np.asarray(positions), np.asarray(data), np.asarray(lengths))
 
