@@ -55,10 +55,15 @@ def synthetic_fold(n: int, patches: int, features: int, seed: int = 0):
     omics[~has_omics] = 0
     n_test = n // 5
     return FoldData(
-        case_ids=[f"P{i}" for i in range(n)], time=time_, event=event,
-        bins=np.searchsorted(edges[1:-1], time_, side="right"), edges=edges,
-        tabular={"omics": omics}, tabular_present={"omics": has_omics},
-        feature_names={"omics": [f"G{j}_rnaseq" for j in range(features)]}, wsi=WsiBags.from_arrays(bags),
+        case_ids=[f"P{i}" for i in range(n)],
+        time=time_,
+        event=event,
+        bins=np.searchsorted(edges[1:-1], time_, side="right"),
+        edges=edges,
+        tabular={"omics": omics},
+        tabular_present={"omics": has_omics},
+        feature_names={"omics": [f"G{j}_rnaseq" for j in range(features)]},
+        wsi=WsiBags.from_arrays(bags),
         split_of=np.array(["train"] * (n - n_test) + ["test"] * n_test),
     )
 
@@ -78,24 +83,47 @@ def train_times(args: argparse.Namespace) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up (imports such as scikit-survival, first kernels), so the first model is not charged for it.
         spec = cfg.models[models[0]]
-        train_fold(data, spec.architecture, spec.modalities, spec.params, training.model_copy(update={"epochs": 1}),
-                   0, Path(tmp) / "warmup", "warmup", threads=args.threads)
+        train_fold(
+            data,
+            spec.architecture,
+            spec.modalities,
+            spec.params,
+            training.model_copy(update={"epochs": 1}),
+            0,
+            Path(tmp) / "warmup",
+            "warmup",
+            threads=args.threads,
+        )
         for model in models:
             spec = cfg.models[model]
             t0 = time.perf_counter()
-            train_fold(data, spec.architecture, spec.modalities, spec.params, training, 0, Path(tmp) / model,
-                       model, threads=args.threads)
+            train_fold(
+                data,
+                spec.architecture,
+                spec.modalities,
+                spec.params,
+                training,
+                0,
+                Path(tmp) / model,
+                model,
+                threads=args.threads,
+            )
             if args.device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             ckpt = torch.load(Path(tmp) / model / "checkpoint.pt", map_location="cpu", weights_only=True)
-            rows.append({
-                "model": model, "architecture": spec.architecture, "modalities": "+".join(spec.modalities),
-                "parameters": sum(v.numel() for v in ckpt["state_dict"].values()),
-                "fold_s": seconds, "epoch_s": seconds / args.epochs,
-                "ms_per_patient_epoch": 1000 * seconds / (args.epochs * n_train),
-                f"projected_{cfg.training.epochs}_epochs_s": seconds / args.epochs * cfg.training.epochs,
-            })
+            rows.append(
+                {
+                    "model": model,
+                    "architecture": spec.architecture,
+                    "modalities": "+".join(spec.modalities),
+                    "parameters": sum(v.numel() for v in ckpt["state_dict"].values()),
+                    "fold_s": seconds,
+                    "epoch_s": seconds / args.epochs,
+                    "ms_per_patient_epoch": 1000 * seconds / (args.epochs * n_train),
+                    f"projected_{cfg.training.epochs}_epochs_s": seconds / args.epochs * cfg.training.epochs,
+                }
+            )
             print(f"{model}: {seconds:.1f} s for {args.epochs} epochs", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
@@ -111,7 +139,11 @@ def from_benchmarks(root: Path) -> pd.DataFrame:
     if not rows:
         raise SystemExit(f"no train benchmarks under {root} (expected <cohort>/train/<model>_fold<k>.tsv)")
     df = pd.DataFrame(rows)
-    return df.groupby(["cohort", "model"]).agg(folds=("fold", "count"), mean_s=("s", "mean"), max_s=("s", "max")).reset_index()
+    return (
+        df.groupby(["cohort", "model"])
+        .agg(folds=("fold", "count"), mean_s=("s", "mean"), max_s=("s", "max"))
+        .reset_index()
+    )
 
 
 def main() -> int:
@@ -131,8 +163,10 @@ def main() -> int:
         print(from_benchmarks(args.from_benchmarks).to_string(index=False, float_format="%.1f"))
         return 0
     table = train_times(args)
-    print(f"training time per fold: {args.patients} patients (80% train), {args.patches} patches x {D}, "
-          f"{args.features} omic features, {args.epochs} epochs, {args.device}, {args.threads} threads")
+    print(
+        f"training time per fold: {args.patients} patients (80% train), {args.patches} patches x {D}, "
+        f"{args.features} omic features, {args.epochs} epochs, {args.device}, {args.threads} threads"
+    )
     print(table.to_string(index=False, float_format="%.2f"))
     slow = table[table.iloc[:, -1] > args.target_s]
     if len(slow):

@@ -57,10 +57,22 @@ def make_cohort(workdir: Path, name: str, n: int, slide: Path, table: pd.DataFra
 
 
 def snakemake(workdir: Path, configfile: Path, target: str, *args: str) -> tuple[Timing, str]:
-    cmd = [str(BIN / "snakemake"), target, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
-           "--cores", "8", f"--configfile={configfile}", *args]
+    cmd = [
+        str(BIN / "snakemake"),
+        target,
+        "-s",
+        str(REPO / "workflow/Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "8",
+        f"--configfile={configfile}",
+        *args,
+    ]
     start, cpu0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    )
     took = Timing(time.perf_counter() - start, _children_cpu() - cpu0)
     if proc.returncode != 0:
         sys.exit(f"snakemake failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -100,15 +112,29 @@ def make_outputs(workdir: Path, configfile: Path, target: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2500])
-    ap.add_argument("--finished", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time `snakemake -n` on a cohort whose outputs all exist")
+    ap.add_argument(
+        "--finished",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time `snakemake -n` on a cohort whose outputs all exist",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_dag_") as tmp:
         work = Path(tmp)
         src = work / "src"
-        subprocess.run([str(BIN / "healnet"), "demo-cohort", "--outdir", str(src), "--params",
-                        json.dumps({"n_patients": 6, "seed": 0})], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(BIN / "healnet"),
+                "demo-cohort",
+                "--outdir",
+                str(src),
+                "--params",
+                json.dumps({"n_patients": 6, "seed": 0}),
+            ],
+            check=True,
+            capture_output=True,
+        )
         # A small slide (~30 KB): every copy has the same size, so the duplicate check hashes them all.
         slide = work / "small.svs"
         write_slide(slide, he_image(896, 672, 0.5, seed=0), 0.5, downsamples=(1, 4))

@@ -47,7 +47,7 @@ def sample_patches(path: str, rng: np.random.Generator, n: int) -> np.ndarray:
             (int(x * down), int(y * down))
             for y in np.arange(0, tissue.shape[0] - step, step)
             for x in np.arange(0, tissue.shape[1] - step, step)
-            if tissue[int(y):int(y + step), int(x):int(x + step)].mean() > 0.9
+            if tissue[int(y) : int(y + step), int(x) : int(x + step)].mean() > 0.9
         ]
         pick = rng.permutation(len(cells))[:n]
         out = []
@@ -83,7 +83,9 @@ def main() -> int:
         start = time.perf_counter()
         subprocess.run(
             [str(BIN / "healnet"), "demo-cohort", "--outdir", str(outdir), "--params", Demo(**demo).model_dump_json()],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         gen_s = time.perf_counter() - start
         sheet = pd.read_csv(outdir / "slides.tsv", sep="\t")

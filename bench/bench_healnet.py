@@ -90,8 +90,13 @@ def measure(n: int, device: str, threads: int, params: dict) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     n_params = sum(p.numel() for p in model.parameters())
-    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_bytes": max(peak, 0), "logits": logits,
-            "params": n_params}
+    return {
+        "seconds": min(times),
+        "cpu_seconds": min(cpu_times),
+        "peak_bytes": max(peak, 0),
+        "logits": logits,
+        "params": n_params,
+    }
 
 
 def old_tree(ref: str, into: Path) -> Path:
@@ -100,8 +105,10 @@ def old_tree(ref: str, into: Path) -> Path:
     with archive.open("wb") as fh:
         done = subprocess.run(["git", "-C", str(REPO), "archive", ref, "healnet"], stdout=fh, stderr=subprocess.PIPE)
     if done.returncode != 0:
-        raise SystemExit(f"git archive {ref} failed in {REPO} ({done.stderr.decode().strip()}); the old model is "
-                         "read from the repository's history: run from a clone that has that commit, or pass --old-ref")
+        raise SystemExit(
+            f"git archive {ref} failed in {REPO} ({done.stderr.decode().strip()}); the old model is "
+            "read from the repository's history: run from a clone that has that commit, or pass --old-ref"
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(into / "old", filter="data")
     return into / "old"
@@ -110,8 +117,18 @@ def old_tree(ref: str, into: Path) -> Path:
 def run_child(model: str, n: int, args: argparse.Namespace, old_path: Path) -> dict:
     path = old_path if model == "old" else REPO
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads), "--one", str(n),
-           "--params", json.dumps(MODELS[model])]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--one",
+        str(n),
+        "--params",
+        json.dumps(MODELS[model]),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(path))
     if done.returncode != 0:
         raise SystemExit(f"{model} at {n} patches failed:\n{done.stderr[-3000:]}")
@@ -145,24 +162,30 @@ def main() -> int:
     import torch
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"HEALNet training step (forward + backward + Adam), 1 patient, D={D}, {F_OMICS} omic features ({name}); "
-          f"old = healnet/ at {args.old_ref}; best of {args.rounds} interleaved rounds x {REPEATS} steps")
+    print(
+        f"HEALNet training step (forward + backward + Adam), 1 patient, D={D}, {F_OMICS} omic features ({name}); "
+        f"old = healnet/ at {args.old_ref}; best of {args.rounds} interleaved rounds x {REPEATS} steps"
+    )
     print(" ".join(f"{m}: {best[(m, args.sizes[0])]['params']:,} parameters;" for m in MODELS))
     print("wall s: fastest step; cpu s: its process CPU time (less sensitive to other jobs on the machine)")
-    print(f"{'patches':>8} | {'old s':>7} {'new s':>7} {'proj. s':>7} {'speed-up':>8} | {'cpu s: old':>10} "
-          f"{'new':>7} {'proj.':>7} {'speed-up':>8} | {'old MiB':>8} {'new MiB':>8} {'proj. MiB':>9} "
-          f"{'memory':>7} | max|logits old - new|; speed-up and memory: new against old")
+    print(
+        f"{'patches':>8} | {'old s':>7} {'new s':>7} {'proj. s':>7} {'speed-up':>8} | {'cpu s: old':>10} "
+        f"{'new':>7} {'proj.':>7} {'speed-up':>8} | {'old MiB':>8} {'new MiB':>8} {'proj. MiB':>9} "
+        f"{'memory':>7} | max|logits old - new|; speed-up and memory: new against old"
+    )
     ok = True
     for n in args.sizes:
         o, w, p = (best[(m, n)] for m in MODELS)
         speed = o["seconds"] / w["seconds"]
         mem = w["peak_bytes"] / max(o["peak_bytes"], 1)
         diff = max(abs(a - b) for a, b in zip(o["logits"], w["logits"]))
-        print(f"{n:>8} | {o['seconds']:>7.3f} {w['seconds']:>7.3f} {p['seconds']:>7.3f} {speed:>7.1f}x | "
-              f"{o['cpu_seconds']:>10.3f} {w['cpu_seconds']:>7.3f} {p['cpu_seconds']:>7.3f} "
-              f"{o['cpu_seconds'] / w['cpu_seconds']:>7.1f}x | "
-              f"{o['peak_bytes'] / 2**20:>8.1f} {w['peak_bytes'] / 2**20:>8.1f} {p['peak_bytes'] / 2**20:>9.1f} "
-              f"{mem:>6.2f}x | {diff:.1e}")
+        print(
+            f"{n:>8} | {o['seconds']:>7.3f} {w['seconds']:>7.3f} {p['seconds']:>7.3f} {speed:>7.1f}x | "
+            f"{o['cpu_seconds']:>10.3f} {w['cpu_seconds']:>7.3f} {p['cpu_seconds']:>7.3f} "
+            f"{o['cpu_seconds'] / w['cpu_seconds']:>7.1f}x | "
+            f"{o['peak_bytes'] / 2**20:>8.1f} {w['peak_bytes'] / 2**20:>8.1f} {p['peak_bytes'] / 2**20:>9.1f} "
+            f"{mem:>6.2f}x | {diff:.1e}"
+        )
         if n >= 10000 and (speed < TARGET or mem > 1.0):
             ok = False
     verdict = "met" if ok else "NOT met"

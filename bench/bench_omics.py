@@ -39,8 +39,16 @@ def main(cohort: str = "brca") -> int:
             "omics": timed([healnet, "omics", "--table", str(table), "--output", str(out / "omics.tsv.gz")]),
             "labels": timed([healnet, "labels", "--table", str(table), "--output", str(out / "labels.tsv")]),
             "splits (5 folds)": timed(
-                [healnet, "splits", "--labels", str(out / "labels.tsv"), "--split-files", *split_files,
-                 "--outdir", str(out / "splits")]
+                [
+                    healnet,
+                    "splits",
+                    "--labels",
+                    str(out / "labels.tsv"),
+                    "--split-files",
+                    *split_files,
+                    "--outdir",
+                    str(out / "splits"),
+                ]
             ),
         }
         from healnet.config import Omics
@@ -56,8 +64,10 @@ def main(cohort: str = "brca") -> int:
             shapes = {t: a.shape[1] for t, a in transform.transform(omics).items()}
         per_fold = (time.perf_counter() - start) / max(len(split_files), 1)
     total = sum(steps.values())
-    print(f"omics stage on {cohort.upper()} ({omics.shape[0]} patients, {omics.shape[1]} features), "
-          f"{os.cpu_count()} CPU(s):")
+    print(
+        f"omics stage on {cohort.upper()} ({omics.shape[0]} patients, {omics.shape[1]} features), "
+        f"{os.cpu_count()} CPU(s):"
+    )
     for name, seconds in steps.items():
         print(f"  healnet {name:<17} {seconds:6.2f} s")
     print(f"  stage total             {total:6.2f} s (target < {TARGET_S:.0f} s)")

@@ -55,8 +55,9 @@ from healnet.wsi.tissue import check_brightfield, detect_tissue
 log = logging.getLogger("bench_wsi")
 
 
-def tissue_seconds(path: Path, params: config.Tissue,
-                   patching: config.Patching) -> tuple[float, np.ndarray, object, float]:
+def tissue_seconds(
+    path: Path, params: config.Tissue, patching: config.Patching
+) -> tuple[float, np.ndarray, object, float]:
     """Open, read the thumbnail, check brightfield, detect tissue and lay the grid: what `healnet tissue`
     does per slide. Also returns the brightfield check's own seconds."""
     t0 = time.perf_counter()
@@ -75,8 +76,7 @@ def tissue_seconds(path: Path, params: config.Tissue,
 
 def naive_batches(path: Path, coords: np.ndarray, read_size: int, batch_size: int):
     """The usual per-patch loop: read_region at level 0, PIL bilinear resize, torchvision transforms."""
-    tf = transforms.Compose([transforms.ToTensor(),
-                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     slide = openslide.OpenSlide(str(path))
     threads = torch.get_num_threads()
     # One torch thread for the per-patch transforms: with the default pool, ToTensor + Normalize of one
@@ -134,10 +134,18 @@ def integrity_cost(path: Path, coords: np.ndarray, geo, feats_cfg: config.Featur
     # N reader processes: against reading's wall time with N readers it is counted N times too dear,
     # so the CPU share (check / (read x N)) is given too.
     readers = max(1, min(feats_cfg.num_workers, len(coords)))
-    return {"patches": n, "tiles": found.tiles_checked, "method": found.method, "corrupt": len(found.corrupt),
-            "read_pps_before": round(rate(n, r), 1), "read_pps_after": round(rate(n, r + c), 1),
-            "check_s": round(c, 4), "read_s": round(r, 3), "check_pct_of_read": round(100 * c / r, 2),
-            "check_pct_of_read_cpu": round(100 * c / (r * readers), 2)}
+    return {
+        "patches": n,
+        "tiles": found.tiles_checked,
+        "method": found.method,
+        "corrupt": len(found.corrupt),
+        "read_pps_before": round(rate(n, r), 1),
+        "read_pps_after": round(rate(n, r + c), 1),
+        "check_s": round(c, 4),
+        "read_s": round(r, 3),
+        "check_pct_of_read": round(100 * c / r, 2),
+        "check_pct_of_read_cpu": round(100 * c / (r * readers), 2),
+    }
 
 
 def main() -> int:
@@ -150,8 +158,12 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--region-patches", type=int, default=config.Features().region_patches)
-    ap.add_argument("--repeats", type=int, default=0, help="end-to-end runs of each variant, interleaved, median "
-                    "reported (default: 3 on a GPU, 2 on CPU)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="end-to-end runs of each variant, interleaved, median reported (default: 3 on a GPU, 2 on CPU)",
+    )
     ap.add_argument("--check-rounds", type=int, default=3, help="interleaved rounds of the integrity-check timing")
     ap.add_argument("--check-slide", help="also time the integrity check on this slide (e.g. a JPEG 2000 SVS)")
     ap.add_argument("--check-mpp", type=float, help="level-0 um/px of --check-slide if it carries none")
@@ -166,9 +178,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    fig: dict[str, object] = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
-                              "workers": args.workers, "batch_size": args.batch_size,
-                              "region_patches": args.region_patches}
+    fig: dict[str, object] = {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "region_patches": args.region_patches,
+    }
     params, patching = config.Tissue(), config.Patching()
 
     # --- slides and tissue detection ---
@@ -179,13 +194,20 @@ def main() -> int:
     big_path = write_large_slide(work / "big40x.svs", bw, bh, 0.25, seed=1)
     tissue_s, coords, geo, _ = tissue_seconds(slide_path, params, patching)
     big_s, big_coords, _, big_bf = tissue_seconds(big_path, params, patching)
-    fig.update(slide=f"{args.width}x{args.height} @ 0.25 um/px", patches_on_tissue=len(coords),
-               tissue_s=round(tissue_s, 3), big_slide=f"{bw}x{bh} @ 0.25 um/px", big_patches=len(big_coords),
-               big_tissue_s=round(big_s, 3), big_brightfield_check_s=round(big_bf, 4))
+    fig.update(
+        slide=f"{args.width}x{args.height} @ 0.25 um/px",
+        patches_on_tissue=len(coords),
+        tissue_s=round(tissue_s, 3),
+        big_slide=f"{bw}x{bh} @ 0.25 um/px",
+        big_patches=len(big_coords),
+        big_tissue_s=round(big_s, 3),
+        big_brightfield_check_s=round(big_bf, 4),
+    )
 
     # --- reading + preprocessing alone ---
-    feats_cfg = config.Features(num_workers=args.workers, batch_size=args.batch_size,
-                                region_patches=args.region_patches)
+    feats_cfg = config.Features(
+        num_workers=args.workers, batch_size=args.batch_size, region_patches=args.region_patches
+    )
     read_coords = coords[: args.read_patches]
     t0 = time.perf_counter()
     n = sum(len(idx) for idx, _ in iter_patches(str(slide_path), read_coords, geo, feats_cfg))
@@ -193,8 +215,12 @@ def main() -> int:
     t0 = time.perf_counter()
     n = sum(len(b) for b in naive_batches(slide_path, read_coords, geo.read_size, args.batch_size))
     naive_read = rate(n, time.perf_counter() - t0)
-    fig.update(read_patches=len(read_coords), fast_read_pps=round(fast_read, 1), naive_read_pps=round(naive_read, 1),
-               read_ratio=round(fast_read / naive_read, 2))
+    fig.update(
+        read_patches=len(read_coords),
+        fast_read_pps=round(fast_read, 1),
+        naive_read_pps=round(naive_read, 1),
+        read_ratio=round(fast_read / naive_read, 2),
+    )
 
     # --- tile integrity check vs reading ---
     cost = integrity_cost(slide_path, read_coords, geo, feats_cfg, args.check_rounds)
@@ -205,8 +231,9 @@ def main() -> int:
             own_geo = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching)
             rgb, scale = slide.image_at(params.thumbnail_mpp)
             res = detect_tissue(rgb, (slide.mpp.x / scale[0], slide.mpp.y / scale[1]), params)
-            own_coords = patch_grid(res.mask, scale, slide.dimensions, own_geo.patch_size_level0,
-                                    patching.min_tissue_fraction)
+            own_coords = patch_grid(
+                res.mask, scale, slide.dimensions, own_geo.patch_size_level0, patching.min_tissue_fraction
+            )
         own_cost = integrity_cost(own, own_coords, own_geo, feats_cfg, args.check_rounds)
         fig.update({"check_slide": own.name, **{f"check_slide_{k}": v for k, v in own_cost.items()}})
 
@@ -218,14 +245,19 @@ def main() -> int:
     # (features config, autocast, context) per variant; the first is the default path ("fast"), the
     # last the reference the others are compared with. Interleaved runs: the machine's load drifts.
     if cuda:
-        variants = {"gpu_decode": (feats_cfg.model_copy(update={"decode": "gpu"}), amp, nullcontext),
-                    "cpu_decode": (feats_cfg.model_copy(update={"decode": "cpu"}), amp, nullcontext)}
+        variants = {
+            "gpu_decode": (feats_cfg.model_copy(update={"decode": "gpu"}), amp, nullcontext),
+            "cpu_decode": (feats_cfg.model_copy(update={"decode": "cpu"}), amp, nullcontext),
+        }
     else:
         # A real slide's thousands of patches run the frozen graph; this run's few hundred must too.
         extract_module.FREEZE_MIN_PATCHES = 0
         bf16 = torch.bfloat16 if cpu_native_bf16() else None  # `features.precision: bf16`, where native
-        variants = {"after_bf16": (feats_cfg, bf16, nullcontext), "after_fp32": (feats_cfg, None, nullcontext),
-                    "before": (feats_cfg, None, eager_encoder)}
+        variants = {
+            "after_bf16": (feats_cfg, bf16, nullcontext),
+            "after_fp32": (feats_cfg, None, nullcontext),
+            "before": (feats_cfg, None, eager_encoder),
+        }
     if cuda:  # warm-up: cuDNN autotuning and lazy CUDA init are not the steady state
         for cfg, dtype, ctx in variants.values():
             with ctx():
@@ -237,8 +269,9 @@ def main() -> int:
         for name, (cfg, dtype, ctx) in variants.items():
             with ctx():
                 t0 = time.perf_counter()
-                feats[name], timing = extract_features(str(slide_path), ext_coords, geo, encoder, cfg, device, dtype,
-                                                       desc=name)
+                feats[name], timing = extract_features(
+                    str(slide_path), ext_coords, geo, encoder, cfg, device, dtype, desc=name
+                )
                 runs[name].append(rate(len(ext_coords), time.perf_counter() - t0))
             decode[name] = timing["decode"]
     med = {k: float(np.median(v)) for k, v in runs.items()}
@@ -259,14 +292,21 @@ def main() -> int:
         for batch in naive_batches(slide_path, naive_coords, geo.read_size, args.batch_size):
             model(batch.to(device))[-1].mean(dim=(2, 3)).cpu()
     naive_ext = rate(len(naive_coords), time.perf_counter() - t0)
-    fig.update(extract_patches=len(ext_coords), fast_extract_pps=round(fast_ext, 1),
-               naive_extract_patches=len(naive_coords), naive_extract_pps=round(naive_ext, 1),
-               extract_ratio=round(fast_ext / naive_ext, 2), precision=str(amp).replace("torch.", "") if amp else "fp32")
+    fig.update(
+        extract_patches=len(ext_coords),
+        fast_extract_pps=round(fast_ext, 1),
+        naive_extract_patches=len(naive_coords),
+        naive_extract_pps=round(naive_ext, 1),
+        extract_ratio=round(fast_ext / naive_ext, 2),
+        precision=str(amp).replace("torch.", "") if amp else "fp32",
+    )
 
     # --- report ---
-    targets = {"tissue detection of the big slide < 2 s": big_s < 2.0,
-               "reading + preprocessing >= 3x naive": fast_read >= 3 * naive_read,
-               "tile integrity check < 5% of reading": cost["check_pct_of_read"] < 5}
+    targets = {
+        "tissue detection of the big slide < 2 s": big_s < 2.0,
+        "reading + preprocessing >= 3x naive": fast_read >= 3 * naive_read,
+        "tile integrity check < 5% of reading": cost["check_pct_of_read"] < 5,
+    }
     if cuda:
         targets["end to end >= 3000 patches/s on the GPU"] = fast_ext >= 3000
         targets["end to end >= 8000 patches/s with GPU decoding"] = med["gpu_decode"] >= 8000

@@ -35,8 +35,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HEALNET_SHARED_DATA", REPO.parent / "shared" / "data")) / "tcga"  # or /work/shared/data
 SIGNATURES = DATA / "signatures.csv"
-PAPER = {"snn": {"blca": 0.606, "brca": 0.580, "kirp": 0.780, "ucec": 0.550},
-         "healnet": {"blca": 0.668, "brca": 0.638, "kirp": 0.812, "ucec": 0.626}}
+PAPER = {
+    "snn": {"blca": 0.606, "brca": 0.580, "kirp": 0.780, "ucec": 0.550},
+    "healnet": {"blca": 0.668, "brca": 0.638, "kirp": 0.812, "ucec": 0.626},
+}
 # HEALNet for a few hundred patients, fixed before any run (not tuned): one fusion layer, 8 latents,
 # 2 heads; batch 16 at lr 5e-4 (half the steps of batch 8 for the same epochs).
 SMALL = dict(depth=1, num_latents=8, latent_dim=32, heads=2, self_heads=2, dim_head=16, token_dim=16)
@@ -76,8 +78,12 @@ def prepare(cohort: str, out: Path, omics_cfg, labels_cfg, splits_cfg) -> Path:
     if not (d / "labels.tsv").exists():
         build_labels(table, d / "labels.tsv", labels_cfg)
     if not (d / "splits" / f"fold{len(split_files) - 1}.tsv").exists():
-        build_splits(d / "labels.tsv", {k: d / "splits" / f"fold{k}.tsv" for k in range(len(split_files))},
-                     splits_cfg, split_files)
+        build_splits(
+            d / "labels.tsv",
+            {k: d / "splits" / f"fold{k}.tsv" for k in range(len(split_files))},
+            splits_cfg,
+            split_files,
+        )
     return d
 
 
@@ -100,15 +106,25 @@ def append(path: Path, rows: list[dict], columns: list[str] | None = None) -> No
 MODELS = ["coxnet", "cox_clinical", "snn", "healnet"]
 
 
-def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set, feature_tokens: bool = False,
-             models: list[str] = MODELS) -> None:
+def run_fold(
+    cohort: str,
+    k: int,
+    d: Path,
+    out: Path,
+    cfg,
+    seeds: int,
+    skip: set,
+    feature_tokens: bool = False,
+    models: list[str] = MODELS,
+) -> None:
     from healnet.config import with_keys
     from healnet.training.data import load_fold_data
     from healnet.training.loop import train_fold
     from healnet.training.select import final_recipe, select_recipe
 
-    data = load_fold_data(d / "labels.tsv", d / "splits" / f"fold{k}.tsv", d / "omics.tsv.gz", [], None,
-                          cfg.omics, cfg.labels)
+    data = load_fold_data(
+        d / "labels.tsv", d / "splits" / f"fold{k}.tsv", d / "omics.tsv.gz", [], None, cfg.omics, cfg.labels
+    )
     runs = out / "runs" / cohort
     training = with_keys(cfg.training, {"seeds": seeds})
     jobs = {
@@ -121,8 +137,10 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
             continue
         t0 = time.perf_counter()
         frame = train_fold(data, arch, mods, params, tcfg, k, runs / model / f"fold{k}", model, threads=1)
-        rows = [{"cohort": cohort, "fold": k, "model": model, **r, "seconds": time.perf_counter() - t0}
-                for r in score(frame, data.edges)]
+        rows = [
+            {"cohort": cohort, "fold": k, "model": model, **r, "seconds": time.perf_counter() - t0}
+            for r in score(frame, data.edges)
+        ]
         append(out / "results.tsv", rows, RESULT_COLUMNS)
         log.info("%s fold %d %s: %s", cohort, k, model, [round(r["cindex"], 3) for r in rows])
     if (cohort, k, "healnet") in skip or "healnet" not in models:
@@ -133,10 +151,28 @@ def run_fold(cohort: str, k: int, d: Path, out: Path, cfg, seeds: int, skip: set
     append(out / "selection.tsv", table.assign(cohort=cohort, fold=k).to_dict("records"))
     chosen = table[table["chosen"]].iloc[0]
     recipe = final_recipe(cands[chosen["candidate"]], int(chosen["epochs"]))
-    frame = train_fold(data, recipe.architecture, list(recipe.modalities), dict(recipe.params), recipe.training,
-                       k, runs / "healnet" / f"fold{k}", "healnet", threads=1)
-    rows = [{"cohort": cohort, "fold": k, "model": "healnet", **r, "seconds": time.perf_counter() - t0,
-             "recipe": f"{chosen['candidate']}, {int(chosen['epochs'])} epochs"} for r in score(frame, data.edges)]
+    frame = train_fold(
+        data,
+        recipe.architecture,
+        list(recipe.modalities),
+        dict(recipe.params),
+        recipe.training,
+        k,
+        runs / "healnet" / f"fold{k}",
+        "healnet",
+        threads=1,
+    )
+    rows = [
+        {
+            "cohort": cohort,
+            "fold": k,
+            "model": "healnet",
+            **r,
+            "seconds": time.perf_counter() - t0,
+            "recipe": f"{chosen['candidate']}, {int(chosen['epochs'])} epochs",
+        }
+        for r in score(frame, data.edges)
+    ]
     append(out / "results.tsv", rows, RESULT_COLUMNS)
     log.info("%s fold %d healnet (%s): %s", cohort, k, rows[0]["recipe"], [round(r["cindex"], 3) for r in rows])
 
@@ -172,20 +208,33 @@ def summary(out: Path) -> str:
     per_fold = grouped.agg(["mean", "count"]).reset_index()
     per_fold["std"] = grouped.std(ddof=0).to_numpy()  # seed spread within the fold
     cohorts = [c for c in COHORTS_ORDER if c in set(res["cohort"])]
-    lines = ["All folds each model has (mean over seeds per fold; +- std over folds; seed sd: mean within-fold "
-             "std over seeds):", ""] + fold_table(per_fold, cohorts)
+    lines = [
+        "All folds each model has (mean over seeds per fold; +- std over folds; seed sd: mean within-fold "
+        "std over seeds):",
+        "",
+    ] + fold_table(per_fold, cohorts)
     deep = {c: set(per_fold[(per_fold["cohort"] == c) & (per_fold["model"] == "healnet")]["fold"]) for c in cohorts}
-    lines += ["", "Only the folds where HEALNet finished (same folds for every model): "
-              + "; ".join(f"{c}: {sorted(deep[c])}" for c in cohorts), ""] + fold_table(per_fold, cohorts, deep)
+    lines += [
+        "",
+        "Only the folds where HEALNet finished (same folds for every model): "
+        + "; ".join(f"{c}: {sorted(deep[c])}" for c in cohorts),
+        "",
+    ] + fold_table(per_fold, cohorts, deep)
     text = "\n".join(lines)
     sels = sorted(out.glob("**/selection.tsv"))
     if sels:
         s = pd.concat([pd.read_csv(f, sep="\t") for f in sels], ignore_index=True)
-        won = s[s["chosen"]].sort_values(["cohort", "fold"]).groupby("cohort").apply(
-            lambda g: ", ".join(f"{f}: {c} ({e} ep)" for f, c, e in zip(g["fold"], g["candidate"], g["epochs"])))
+        won = (
+            s[s["chosen"]]
+            .sort_values(["cohort", "fold"])
+            .groupby("cohort")
+            .apply(lambda g: ", ".join(f"{f}: {c} ({e} ep)" for f, c, e in zip(g["fold"], g["candidate"], g["epochs"])))
+        )
         text += "\n\ninner-validation choice per fold: " + "; ".join(f"{c}: {w}" for c, w in won.items())
-        text += "\nmean inner-val c-index per candidate:\n" + s.pivot_table(
-            index="candidate", columns="cohort", values="score", aggfunc="mean").round(3).to_string()
+        text += (
+            "\nmean inner-val c-index per candidate:\n"
+            + s.pivot_table(index="candidate", columns="cohort", values="score", aggfunc="mean").round(3).to_string()
+        )
     return text
 
 

@@ -69,8 +69,11 @@ def predict(
     pres = {m: (present[m] if present is not None and m in present else data.present(m))[indices] for m in modalities}
     mods = ["+".join(m for m in modalities if pres[m][i]) for i in range(len(indices))]
     return Predictions(
-        [data.case_ids[i] for i in indices], surv, risk_from_survival(surv),
-        sum(losses) / max(len(indices), 1), mods,
+        [data.case_ids[i] for i in indices],
+        surv,
+        risk_from_survival(surv),
+        sum(losses) / max(len(indices), 1),
+        mods,
     )
 
 
@@ -91,7 +94,9 @@ def attach_wsi_center(model: torch.nn.Module, center: np.ndarray | torch.Tensor)
     """Make `model` subtract `center` (D,) from every real patch feature of its input bags (padding
     stays 0). The centre is a buffer, so it is saved in the checkpoint's state dict, and a forward
     pre-hook, so every caller of the model (training, prediction, evaluation, inspection) centres alike."""
-    center = center.detach().cpu() if isinstance(center, torch.Tensor) else np.asarray(center)  # a checkpoint mapped to a GPU
+    center = (
+        center.detach().cpu() if isinstance(center, torch.Tensor) else np.asarray(center)
+    )  # a checkpoint mapped to a GPU
     model.register_buffer("wsi_center", torch.as_tensor(center, dtype=torch.float32))
 
     def center_bags(module: torch.nn.Module, args: tuple) -> tuple:
@@ -144,10 +149,17 @@ class Run:
             )
         dim = self.info["input_dims"].get(WSI)
         if dim is not None and wsi is not None and wsi.slides and wsi.feature_dim != dim:
-            raise ValueError(f"run {self.path} expects {dim}-d patch features, the feature stores hold {wsi.feature_dim}-d")
+            raise ValueError(
+                f"run {self.path} expects {dim}-d patch features, the feature stores hold {wsi.feature_dim}-d"
+            )
 
-    def data(self, patients: pd.DataFrame, omics: pd.DataFrame | None, wsi: WsiBags | None,
-             source: str | Path | None = "omics") -> FoldData:
+    def data(
+        self,
+        patients: pd.DataFrame,
+        omics: pd.DataFrame | None,
+        wsi: WsiBags | None,
+        source: str | Path | None = "omics",
+    ) -> FoldData:
         """FoldData of `patients` (case_id, split, survival_months, event) through the carried omics
         transform and bin edges (nothing refitted); a modality the inputs lack is absent for everyone."""
         self.check_encoder(wsi)
@@ -172,8 +184,13 @@ class Run:
         """`predict` with the run's modalities, evaluation batch size and device."""
         return predict(self.model, data, indices, self.modalities, self.batch_size, self.device, present=present)
 
-    def predict(self, omics: pd.DataFrame | str | Path | None = None, features: Sequence[str | Path] = (),
-                sheet: str | Path | None = None, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        omics: pd.DataFrame | str | Path | None = None,
+        features: Sequence[str | Path] = (),
+        sheet: str | Path | None = None,
+        case_ids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
         """Risk and survival per bin of new patients: case_id, risk, surv_<j>, modalities.
 
         `omics`: an omics matrix (`omics.tsv.gz` of the omics stage, or a frame indexed by case_id)
@@ -188,8 +205,9 @@ class Run:
             seen = list(frame.index) if frame is not None else []
             known = set(seen)
             case_ids = seen + [c for c in (wsi.slides if wsi is not None else {}) if c not in known]
-        patients = pd.DataFrame({"case_id": [str(c) for c in case_ids], "split": "test",
-                                 "survival_months": np.nan, "event": 0})
+        patients = pd.DataFrame(
+            {"case_id": [str(c) for c in case_ids], "split": "test", "survival_months": np.nan, "event": 0}
+        )
         data = self.data(patients, frame, wsi, source)
         idx = data.split_indices("test", self.modalities)
         pred = self.predict_data(data, idx)

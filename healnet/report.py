@@ -23,9 +23,20 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("low", "high")
 STATS_COLUMNS = [
-    "model", "n", "events", "n_low", "n_high", "events_low", "events_high",
-    "median_months_low", "median_months_high", "chi2", "p_value",
+    "model",
+    "n",
+    "events",
+    "n_low",
+    "n_high",
+    "events_low",
+    "events_high",
+    "median_months_low",
+    "median_months_high",
+    "chi2",
+    "p_value",
 ]
+
+
 def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
     """All predictions with `model` and `fold` columns (from each file's path)."""
     from healnet.runs import run_of
@@ -34,7 +45,9 @@ def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
     for path in paths:
         model, fold = run_of(path)
         if not Path(path).is_file():
-            raise FileNotFoundError(f"predictions file {path} does not exist; run `healnet train` for {model} fold {fold}")
+            raise FileNotFoundError(
+                f"predictions file {path} does not exist; run `healnet train` for {model} fold {fold}"
+            )
         df = pd.read_csv(path, sep="\t", dtype={"case_id": str})
         missing = {"case_id", "risk", "time", "event"} - set(df.columns)
         if missing:
@@ -45,7 +58,9 @@ def load_predictions(paths: Sequence[str | Path]) -> pd.DataFrame:
 
         frames.append(first_seed(df).assign(model=model, fold=fold))  # seed 0: one row per patient
     if not frames:
-        raise ValueError("no predictions files given; pass --predictions results/<cohort>/models/*/fold*/predictions.tsv")
+        raise ValueError(
+            "no predictions files given; pass --predictions results/<cohort>/models/*/fold*/predictions.tsv"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -121,18 +136,26 @@ def plot_km(grouped: pd.DataFrame, stats: pd.DataFrame, path: str | Path, title:
         for name in GROUPS:
             sel = df[df["group"] == name]
             t, s = km_curve(sel["time"].to_numpy(float), sel["event"].to_numpy(int))
-            ax.step(t, s, where="post", color=colours[name], label=f"{name} risk (n={len(sel)}, {int(sel['event'].sum())} events)")
+            ax.step(
+                t,
+                s,
+                where="post",
+                color=colours[name],
+                label=f"{name} risk (n={len(sel)}, {int(sel['event'].sum())} events)",
+            )
             censored = sel[sel["event"] == 0]["time"].to_numpy(float)
             if len(censored):  # tick marks at censoring times, on the curve
                 ax.plot(censored, s[np.searchsorted(t, censored, side="right") - 1], "|", color=colours[name], ms=6)
         p = row["p_value"]
-        ax.set_title(f"{row['model']}: log-rank p = {p:.3g}" if p == p else f"{row['model']}: log-rank n/a", fontsize=10)
+        ax.set_title(
+            f"{row['model']}: log-rank p = {p:.3g}" if p == p else f"{row['model']}: log-rank n/a", fontsize=10
+        )
         ax.set_xlabel("months")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="best")
     for ax in axes[:, 0]:
         ax.set_ylabel("survival probability")
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -152,7 +175,11 @@ def km_report(
     for _, row in stats.iterrows():
         log.info(
             "%s: %d low / %d high risk patients, log-rank chi2 %.3g p %.3g",
-            row["model"], row["n_low"], row["n_high"], row["chi2"], row["p_value"],
+            row["model"],
+            row["n_low"],
+            row["n_high"],
+            row["chi2"],
+            row["p_value"],
         )
     write_tsv(stats, stats_path)
     plot_km(grouped, stats, plot, title)

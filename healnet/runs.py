@@ -80,7 +80,9 @@ def read_info(run: str | Path) -> dict:
     """A run's run.json (the checkpoint's metadata)."""
     path = Path(run) / RUN_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; the run was trained by an older healnet: retrain it (rule train)")
+        raise FileNotFoundError(
+            f"{path} does not exist; the run was trained by an older healnet: retrain it (rule train)"
+        )
     return json.loads(path.read_text())
 
 

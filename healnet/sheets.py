@@ -39,8 +39,9 @@ def read_sample_sheet(path: str | Path, check_files: bool = True) -> pd.DataFram
             raise ValueError(f"sample sheet {path}: empty `{col}` in line(s) {rows}; fill it in or drop the row")
     dup = sheet["slide_id"].duplicated(keep=False)
     if dup.any():
-        lines = ", ".join(f"{sid!r} (lines {', '.join(str(i + 2) for i in grp.index)})"
-                          for sid, grp in sheet[dup].groupby("slide_id"))
+        lines = ", ".join(
+            f"{sid!r} (lines {', '.join(str(i + 2) for i in grp.index)})" for sid, grp in sheet[dup].groupby("slide_id")
+        )
         raise ValueError(f"sample sheet {path}: duplicate slide_id {lines}; each slide must appear once")
     bad_ids = sheet["slide_id"][sheet["slide_id"].str.contains(r"[/\s]", regex=True)]
     if len(bad_ids):
@@ -68,8 +69,12 @@ def read_sample_sheet(path: str | Path, check_files: bool = True) -> pd.DataFram
         # those are hashed; real slides almost never share a size, so this reads next to nothing.
         sizes = sheet["path"].map(lambda p: os.stat(p).st_size)
         shared = sizes.duplicated(keep=False)
-        _check_same_file(sheet[shared], path, key=lambda p: _head_digest(p, *_stamp(p)),
-                         what=f"the same content (size and sha256 of the first {HEAD_BYTES >> 20} MiB)")
+        _check_same_file(
+            sheet[shared],
+            path,
+            key=lambda p: _head_digest(p, *_stamp(p)),
+            what=f"the same content (size and sha256 of the first {HEAD_BYTES >> 20} MiB)",
+        )
     return sheet
 
 
@@ -97,8 +102,10 @@ def _check_same_file(sheet: pd.DataFrame, path: Path, key: Callable[[str], str],
         return
     groups = []
     for _, grp in sheet[dup].groupby(keys[dup], sort=False):
-        rows = [f"line {i + 2} (slide_id {r.slide_id!r}, case_id {r.case_id!r}, path {r.path})"
-                for i, r in zip(grp.index, grp.itertuples())]
+        rows = [
+            f"line {i + 2} (slide_id {r.slide_id!r}, case_id {r.case_id!r}, path {r.path})"
+            for i, r in zip(grp.index, grp.itertuples())
+        ]
         groups.append(" and ".join(rows))
     raise ValueError(
         f"sample sheet {path}: one slide file under several slide ids, by {what}: {'; '.join(groups[:10])}. "

@@ -115,13 +115,16 @@ def test_missing_modality_gradients_stay_finite(name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize(("name", "dropped", "prefixes"), [
-    ("porpoise", "wsi", ("path.",)),
-    ("porpoise", "omics", ("omic.",)),
-    ("mcat", "wsi", ("wsi_net.", "coattn.", "path_stream.")),
-    ("perceiver", "wsi", ("tokenizers.wsi.",)),
-    ("perceiver", "omics", ("tokenizers.omics.",)),
-])
+@pytest.mark.parametrize(
+    ("name", "dropped", "prefixes"),
+    [
+        ("porpoise", "wsi", ("path.",)),
+        ("porpoise", "omics", ("omic.",)),
+        ("mcat", "wsi", ("wsi_net.", "coattn.", "path_stream.")),
+        ("perceiver", "wsi", ("tokenizers.wsi.",)),
+        ("perceiver", "omics", ("tokenizers.omics.",)),
+    ],
+)
 def test_modality_absent_for_all_equals_model_built_without_it(name, dropped, prefixes):
     """A cohort without a modality (not in input_dims) behaves as if every sample lacked it."""
     full = model(name)
@@ -171,9 +174,16 @@ def test_per_type_modalities_are_concatenated(name):
     per_type = build_model(name, dims, BINS, feature_names=NAMES).eval()
     per_type.load_state_dict(one.state_dict())
     batch = make_batch([4, 6])
-    split = {**batch, "rnaseq": batch["omics"][:, :6], "cnv": batch["omics"][:, 6:],
-             "present": {"wsi": batch["present"]["wsi"], "rnaseq": batch["present"]["omics"],
-                         "cnv": batch["present"]["omics"]}}
+    split = {
+        **batch,
+        "rnaseq": batch["omics"][:, :6],
+        "cnv": batch["omics"][:, 6:],
+        "present": {
+            "wsi": batch["present"]["wsi"],
+            "rnaseq": batch["present"]["omics"],
+            "cnv": batch["present"]["omics"],
+        },
+    }
     torch.testing.assert_close(per_type(split), one(batch))
     split["present"]["cnv"] = torch.tensor([True, False])
     with pytest.raises(ValueError, match=r"samples \[1\] have some of \['rnaseq', 'cnv'\] present"):
@@ -182,7 +192,11 @@ def test_per_type_modalities_are_concatenated(name):
 
 def test_mcat_groups_by_omic_type_without_signatures():
     assert group_by_type(["A_rnaseq", "B_cnv", "C_rnaseq", "D_mut", "age"]) == {
-        "rnaseq": [0, 2], "cnv": [1], "mut": [3], "other": [4]}
+        "rnaseq": [0, 2],
+        "cnv": [1],
+        "mut": [3],
+        "other": [4],
+    }
     m = model("mcat")
     assert m.group_names == ["rnaseq", "cnv"]
     assert [len(net[0][0].weight.T) for net in m.sig_networks] == [6, 4]
@@ -231,9 +245,12 @@ def test_a_few_optimisation_steps_lower_the_nll_loss(name):
 
     b = 24
     multimodal = name in MULTIMODAL
-    batch = make_batch([3 + i % 6 for i in range(b)], seed=2,
-                       wsi=[i % 5 != 1 for i in range(b)] if multimodal else None,
-                       omics=[i % 5 != 2 for i in range(b)] if multimodal else None)
+    batch = make_batch(
+        [3 + i % 6 for i in range(b)],
+        seed=2,
+        wsi=[i % 5 != 1 for i in range(b)] if multimodal else None,
+        omics=[i % 5 != 2 for i in range(b)] if multimodal else None,
+    )
     bins = torch.arange(b) % BINS
     batch["omics"][:, 0] += bins.float()  # signal in the first omic feature
     batch["wsi"][:, :, 0] += bins.float()[:, None]  # ... and in every patch

@@ -64,13 +64,17 @@ def test_builtin_blca_runs_from_nothing_to_cindex(blca_gdc, repo, tmp_path):
     shutil.copy(repo / "config.yaml", work / "config.yaml")
     addresses = {
         "gdc": {"base_url": server.url, "retries": 2, "backoff_s": 0.01},
-        "cohorts": {"blca": {
-            "clinical_omics_url": f"{server.url}/tables/blca.csv.zip",
-            "clinical_omics_sha256": sha256_of(blobs["blca.csv.zip"]),
-            "splits_url": server.url + "/tables/splits_{k}.csv",
-            "splits_sha256": [sha256_of(blobs[f"splits_{k}.csv"]) for k in range(5)],
-            "encoder": "tiny", "models": ["healnet"], "training": {"epochs": 1},
-        }},
+        "cohorts": {
+            "blca": {
+                "clinical_omics_url": f"{server.url}/tables/blca.csv.zip",
+                "clinical_omics_sha256": sha256_of(blobs["blca.csv.zip"]),
+                "splits_url": server.url + "/tables/splits_{k}.csv",
+                "splits_sha256": [sha256_of(blobs[f"splits_{k}.csv"]) for k in range(5)],
+                "encoder": "tiny",
+                "models": ["healnet"],
+                "training": {"epochs": 1},
+            }
+        },
         "encoders": {"tiny": {"model": "resnet18", "truncate_after": "layer2", "pretrained": False}},
         "features": {"batch_size": 16, "num_workers": 1},
     }
@@ -78,8 +82,15 @@ def test_builtin_blca_runs_from_nothing_to_cindex(blca_gdc, repo, tmp_path):
     # No activated venv: PATH has no healnet, the rules must still find it.
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = "/usr/bin:/bin"
-    cmd = [str(BIN / "snakemake"), "--cores", "2", "results/blca/cindex.tsv", "--configfile=local.yaml",
-           "-s", str(repo / "workflow/Snakefile")]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--cores",
+        "2",
+        "results/blca/cindex.tsv",
+        "--configfile=local.yaml",
+        "-s",
+        str(repo / "workflow/Snakefile"),
+    ]
     run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
 
@@ -95,8 +106,9 @@ def test_builtin_blca_runs_from_nothing_to_cindex(blca_gdc, repo, tmp_path):
     assert sorted(folds["fold"].astype(int)) == [0, 1, 2, 3, 4]
     assert folds["n"].sum() == 373  # every BLCA patient is a test patient once (provided splits)
     assert folds["cindex"].between(0, 1).all()
-    predictions = pd.concat(pd.read_csv(work / f"results/blca/models/healnet/fold{k}/predictions.tsv", sep="\t")
-                            for k in range(5))
+    predictions = pd.concat(
+        pd.read_csv(work / f"results/blca/models/healnet/fold{k}/predictions.tsv", sep="\t") for k in range(5)
+    )
     with_slides = predictions[predictions["case_id"].isin(CASES)]
     assert len(with_slides) == 3 and with_slides["modalities"].str.contains("wsi").all()
     assert server.log.count(("GET", "/tables/blca.csv.zip", None)) == 1

@@ -36,7 +36,9 @@ def test_typo_names_key_and_allowed_keys(repo, section, key):
         parse_config(data)
     msg = str(err.value)
     assert f"unknown key '{section}.{key}'" in msg
-    allowed = sorted(type(getattr(parse_config(yaml.safe_load((repo / "config.yaml").read_text())), section)).model_fields)
+    allowed = sorted(
+        type(getattr(parse_config(yaml.safe_load((repo / "config.yaml").read_text())), section)).model_fields
+    )
     assert ", ".join(allowed) in msg
 
 
@@ -81,16 +83,22 @@ def test_cohort_training_overrides_only_its_keys(repo):
 
 
 def test_model_training_applies_after_the_cohort(repo):
-    raw = {"cohorts": {"x": {"clinical_omics": "t.csv", "training": {"epochs": 40, "lr": 5e-4}}},
-           "training": {"epochs": 7, "weight_decay": 0.01},
-           "models": {"snn": {"architecture": "snn", "modalities": ["omics"], "training": {"lr": 1e-3}},
-                      "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"]}}}
+    raw = {
+        "cohorts": {"x": {"clinical_omics": "t.csv", "training": {"epochs": 40, "lr": 5e-4}}},
+        "training": {"epochs": 7, "weight_decay": 0.01},
+        "models": {
+            "snn": {"architecture": "snn", "modalities": ["omics"], "training": {"lr": 1e-3}},
+            "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"]},
+        },
+    }
     cfg = parse_config(raw)
     snn = cfg.model_training("x", "snn")
     assert (snn.epochs, snn.lr, snn.weight_decay) == (40, 1e-3, 0.01)  # cohort, then model, then `training`
     assert cfg.model_training("x", "healnet") == cfg.cohort_training("x")  # no model keys: the cohort's
     raw["models"]["snn"]["training"] = {"center_wsi_feature": True}
-    with pytest.raises(ConfigError, match=r"models.snn.training: center_wsi_feature: Extra inputs.*center_wsi_features"):
+    with pytest.raises(
+        ConfigError, match=r"models.snn.training: center_wsi_feature: Extra inputs.*center_wsi_features"
+    ):
         parse_config(raw)
     shipped = load_config(repo / "config.yaml")
     for name in shipped.models:  # every shipped model's recipe resolves on the demo cohort
@@ -131,8 +139,9 @@ def test_random_weights_are_flagged_for_real_cohorts_only(repo):
     ones; a real cohort given a random encoder is named (the workflow warns once at start-up)."""
     raw = yaml.safe_load((repo / "config.yaml").read_text())
     assert parse_config(raw).random_weight_cohorts() == []
-    merge_into(raw, {"cohorts": {"blca": {"encoder": "resnet50_trunc_random"},
-                                 "demo": {"encoder": "resnet50_trunc_random"}}})
+    merge_into(
+        raw, {"cohorts": {"blca": {"encoder": "resnet50_trunc_random"}, "demo": {"encoder": "resnet50_trunc_random"}}}
+    )
     assert parse_config(raw).random_weight_cohorts() == [("blca", "resnet50_trunc_random")]
     merge_into(raw, {"cohorts": {"blca": {"wsi": False}}})  # omics only: no features at all
     assert parse_config(raw).random_weight_cohorts() == []

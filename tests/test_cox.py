@@ -36,10 +36,16 @@ def synthetic_fold(seed: int = 0) -> FoldData:
     clinical = np.stack([(age - 60) / 10, (rng.random(N) < 0.5)], 1).astype(np.float32)
     names = {"omics": [f"G{j}_rnaseq" for j in range(F)], "clinical": ["age_clinical", "is_female_clinical"]}
     return FoldData(
-        case_ids=[f"P{i:03d}" for i in range(N)], time=time, event=event, bins=assign_bins(time, edges), edges=edges,
+        case_ids=[f"P{i:03d}" for i in range(N)],
+        time=time,
+        event=event,
+        bins=assign_bins(time, edges),
+        edges=edges,
         tabular={"omics": x, "clinical": clinical},
         tabular_present={"omics": np.ones(N, bool), "clinical": np.ones(N, bool)},
-        feature_names=names, wsi=None, split_of=split,
+        feature_names=names,
+        wsi=None,
+        split_of=split,
     )
 
 
@@ -49,9 +55,18 @@ def poisoned(data: FoldData) -> FoldData:
     time, event = data.time.copy(), data.event.copy()
     time[test] = time[test][::-1] * 7.0
     event[test] = 1 - event[test]
-    return FoldData(case_ids=data.case_ids, time=time, event=event, bins=data.bins, edges=data.edges,
-                    tabular=data.tabular, tabular_present=data.tabular_present,
-                    feature_names=data.feature_names, wsi=None, split_of=data.split_of)
+    return FoldData(
+        case_ids=data.case_ids,
+        time=time,
+        event=event,
+        bins=data.bins,
+        edges=data.edges,
+        tabular=data.tabular,
+        tabular_present=data.tabular_present,
+        feature_names=data.feature_names,
+        wsi=None,
+        split_of=data.split_of,
+    )
 
 
 def test_breslow_without_covariates_is_nelson_aalen():
@@ -61,7 +76,9 @@ def test_breslow_without_covariates_is_nelson_aalen():
     # at risk: 6 at t=1, 5 at t=2 (one event), 3 at t=3, 1 at t=8
     assert h == pytest.approx([0.0, 1 / 6 + 1 / 5, 1 / 6 + 1 / 5 + 1 / 3, 1 / 6 + 1 / 5 + 1 / 3 + 1])
     # exp(lp) scales each patient's share of the risk set: doubling everyone halves H0
-    assert breslow(np.full(6, np.log(2)), time, event, np.array([10.0])) == pytest.approx([(1 / 6 + 1 / 5 + 1 / 3 + 1) / 2])
+    assert breslow(np.full(6, np.log(2)), time, event, np.array([10.0])) == pytest.approx(
+        [(1 / 6 + 1 / 5 + 1 / 3 + 1) / 2]
+    )
 
 
 def test_coxnet_finds_the_planted_features_and_scores_like_a_registry_model(tmp_path):

@@ -132,8 +132,12 @@ def test_planted_signal_patient_level():
     assert full > 0.85
     assert 0.65 < wsi < full - 0.08 and 0.65 < omic < full - 0.08
     weak = simulate_cohort(Demo(n_patients=200, seed=0, signal_strength=1.0)).patients
-    assert concordance_index_censored(weak["censorship"].to_numpy() == 0, weak["survival_months"].to_numpy(),
-                                      weak["risk"].to_numpy())[0] < full - 0.05
+    assert (
+        concordance_index_censored(
+            weak["censorship"].to_numpy() == 0, weak["survival_months"].to_numpy(), weak["risk"].to_numpy()
+        )[0]
+        < full - 0.05
+    )
     assert 0.3 <= p["censorship"].mean() <= 0.6
     assert months.min() >= 1.0 and months.max() <= 150.0 and np.median(months) > 10
     assert abs(np.corrcoef(p["risk_wsi"], p["risk_omics"])[0, 1]) < 0.2
@@ -142,7 +146,9 @@ def test_planted_signal_patient_level():
     omics = omics.astype(float).loc[p["case_id"]]
     has = omics.notna().all(axis=1).to_numpy()
     assert has.sum() == 180  # frac_no_omics 0.1
-    corr_omics = omics[has].corrwith(pd.Series(p["risk_omics"].to_numpy()[has], index=omics.index[has]), method="spearman")
+    corr_omics = omics[has].corrwith(
+        pd.Series(p["risk_omics"].to_numpy()[has], index=omics.index[has]), method="spearman"
+    )
     corr_wsi = omics[has].corrwith(pd.Series(p["risk_wsi"].to_numpy()[has], index=omics.index[has]), method="spearman")
     planted = list(cohort.planted["feature"])
     assert len(planted) == 5 and sum(f.endswith("_cnv") for f in planted) == 1

@@ -26,7 +26,11 @@ def cindex(repo, tmp_path_factory):
     from healnet.demo.inprocess import run_demo
 
     raw = yaml.safe_load((repo / "config.yaml").read_text())
-    assert raw["demo"]["n_patients"] == 150 and raw["cohorts"]["demo"]["models"] == ["healnet", "healnet_wsi", "healnet_omics"]
+    assert raw["demo"]["n_patients"] == 150 and raw["cohorts"]["demo"]["models"] == [
+        "healnet",
+        "healnet_wsi",
+        "healnet_omics",
+    ]
     frame = run_demo(parse_config(raw), tmp_path_factory.mktemp("fusion"))
     return frame[frame["fold"] == "mean"].set_index("model")["cindex"]
 

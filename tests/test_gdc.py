@@ -147,14 +147,17 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("sort") == "file_name:asc":
             hits.sort(key=lambda r: r["file_name"])
         start, size = int(body.get("from", 0)), int(body.get("size", 10))
-        page = hits[start:start + size]
-        self._json(200, {
-            "data": {
-                "hits": [_project(r, fields) for r in page],
-                "pagination": {"count": len(page), "total": len(hits), "size": size, "from": start},
+        page = hits[start : start + size]
+        self._json(
+            200,
+            {
+                "data": {
+                    "hits": [_project(r, fields) for r in page],
+                    "pagination": {"count": len(page), "total": len(hits), "size": size, "from": start},
+                },
+                "warnings": {},
             },
-            "warnings": {},
-        })
+        )
 
     def do_GET(self) -> None:
         rng = self.headers.get("Range")
@@ -208,8 +211,14 @@ class Handler(BaseHTTPRequestHandler):
 
 def _record(file_id, file_name, case, project, data, strategy="Diagnostic Slide", fmt="SVS", access="open"):
     return {
-        "file_id": file_id, "file_name": file_name, "md5sum": md5_of(data), "file_size": len(data),
-        "data_type": "Slide Image", "experimental_strategy": strategy, "data_format": fmt, "access": access,
+        "file_id": file_id,
+        "file_name": file_name,
+        "md5sum": md5_of(data),
+        "file_size": len(data),
+        "data_type": "Slide Image",
+        "experimental_strategy": strategy,
+        "data_format": fmt,
+        "access": access,
         "cases": [{"submitter_id": case, "project": {"project_id": project}}],
     }
 
@@ -239,13 +248,30 @@ def server(slides, shared_data):
         _record("id-small", SMALL_NAME, "TCGA-ZZ-0001", "TCGA-TEST", slides[SMALL_NAME]),
         _record("id-tcga", TCGA_NAME, "TCGA-ZZ-0002", "TCGA-TEST", slides[TCGA_NAME]),
         # Not diagnostic slides of TCGA-TEST: a frozen section, another project, a non-SVS file.
-        _record("id-frozen", "TCGA-CR-7395-01A-01-TS1.svs", "TCGA-CR-7395", "TCGA-TEST",
-                slides["TCGA-CR-7395-01A-01-TS1.svs"], strategy="Tissue Slide"),
-        _record("id-other", "TCGA-YY-0001-01Z-00-DX1.OTHER.svs", "TCGA-YY-0001", "TCGA-OTHER",
-                slides["TCGA-YY-0001-01Z-00-DX1.OTHER.svs"]),
+        _record(
+            "id-frozen",
+            "TCGA-CR-7395-01A-01-TS1.svs",
+            "TCGA-CR-7395",
+            "TCGA-TEST",
+            slides["TCGA-CR-7395-01A-01-TS1.svs"],
+            strategy="Tissue Slide",
+        ),
+        _record(
+            "id-other",
+            "TCGA-YY-0001-01Z-00-DX1.OTHER.svs",
+            "TCGA-YY-0001",
+            "TCGA-OTHER",
+            slides["TCGA-YY-0001-01Z-00-DX1.OTHER.svs"],
+        ),
         _record("id-bam", "x.bam", "TCGA-ZZ-0001", "TCGA-TEST", b"bam", fmt="BAM"),
-        _record("id-locked", "TCGA-ZZ-0003-01Z-00-DX1.LOCKED.svs", "TCGA-ZZ-0003", "TCGA-LOCKED",
-                slides["TCGA-ZZ-0003-01Z-00-DX1.LOCKED.svs"], access="controlled"),
+        _record(
+            "id-locked",
+            "TCGA-ZZ-0003-01Z-00-DX1.LOCKED.svs",
+            "TCGA-ZZ-0003",
+            "TCGA-LOCKED",
+            slides["TCGA-ZZ-0003-01Z-00-DX1.LOCKED.svs"],
+            access="controlled",
+        ),
     ]
     blobs = dict(slides)
     tcga = shared_data / "tcga/ucec"
@@ -312,15 +338,39 @@ def test_manifest_cli_writes_manifest_and_query(server, tmp_path):
     out = tmp_path / "gdc_manifest.tsv"
     params = fast(server).model_dump_json()
     result = subprocess.run(
-        [str(BIN / "healnet"), "gdc-manifest", "--project", "TCGA-TEST", "--max-files", "2", "--out", str(out),
-         "--params", params], capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "healnet"),
+            "gdc-manifest",
+            "--project",
+            "TCGA-TEST",
+            "--max-files",
+            "2",
+            "--out",
+            str(out),
+            "--params",
+            params,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(out, sep="\t")) == 2
     assert gdc.read_manifest_query(out) == ManifestQuery("TCGA-TEST", None, 2)
     bad = subprocess.run(
-        [str(BIN / "healnet"), "gdc-manifest", "--project", "TCGA-NOPE", "--out", str(tmp_path / "x.tsv"),
-         "--params", params], capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "healnet"),
+            "gdc-manifest",
+            "--project",
+            "TCGA-NOPE",
+            "--out",
+            str(tmp_path / "x.tsv"),
+            "--params",
+            params,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.tsv").exists()
@@ -395,8 +445,9 @@ def test_controlled_file_needs_token(server, slides, tmp_path):
     with pytest.raises(RuntimeError, match=r"access denied \(HTTP 403\).*gdc.token_file"):
         gdc.download_slide(fast(server), "id-locked", tmp_path / "locked.svs", md5_of(data))
     with pytest.raises(FileNotFoundError, match="gdc.token_file .*missing.txt does not exist"):
-        gdc.download_slide(fast(server, token_file=str(tmp_path / "missing.txt")), "id-locked",
-                           tmp_path / "locked.svs", md5_of(data))
+        gdc.download_slide(
+            fast(server, token_file=str(tmp_path / "missing.txt")), "id-locked", tmp_path / "locked.svs", md5_of(data)
+        )
     token = tmp_path / "token.txt"
     token.write_text(TOKEN + "\n")
     gdc.download_slide(fast(server, token_file=str(token)), "id-locked", tmp_path / "locked.svs", md5_of(data))
@@ -407,8 +458,9 @@ def test_download_cli_fetches_a_whole_manifest_and_skips_present_files(server, s
     from healnet.cli import main
 
     manifest = tmp_path / "gdc_manifest.tsv"
-    gdc.write_manifest(gdc.query_manifest(fast(server), ManifestQuery("TCGA-TEST")), ManifestQuery("TCGA-TEST"),
-                       manifest)
+    gdc.write_manifest(
+        gdc.query_manifest(fast(server), ManifestQuery("TCGA-TEST")), ManifestQuery("TCGA-TEST"), manifest
+    )
     outdir = tmp_path / "slides"
     outdir.mkdir()
     (outdir / TCGA_NAME).write_bytes(slides[TCGA_NAME])  # already there: not fetched again
@@ -425,8 +477,11 @@ def test_sheet_from_manifest(server, tmp_path):
     with pytest.raises(FileNotFoundError, match="3 slide\\(s\\) of the manifest are not downloaded"):
         gdc.manifest_to_sheet(manifest, tmp_path)
     sheet = gdc.manifest_to_sheet(manifest, tmp_path, check_files=False)
-    assert list(sheet["slide_id"]) == ["TCGA-ZZ-0001-01Z-00-DX1.CMU1", "TCGA-ZZ-0001-01Z-00-DX2.SMALL",
-                                       "TCGA-ZZ-0002-01Z-00-DX1.CR7395"]
+    assert list(sheet["slide_id"]) == [
+        "TCGA-ZZ-0001-01Z-00-DX1.CMU1",
+        "TCGA-ZZ-0001-01Z-00-DX2.SMALL",
+        "TCGA-ZZ-0002-01Z-00-DX1.CR7395",
+    ]
     assert sheet["path"].iloc[2] == str(tmp_path / TCGA_NAME)
 
 
@@ -459,8 +514,9 @@ def test_porpoise_pins_match_the_shared_copies(shared_data):
         assert sha256_of((c / "clinical_omics.csv.zip").read_bytes()) == pinned.clinical_omics_sha256
         assert [sha256_of((c / f"splits/splits_{k}.csv").read_bytes()) for k in range(5)] == list(pinned.splits_sha256)
     table, splits = porpoise_urls("TCGA-KIRP")
-    assert table.endswith("/mahmoodlab/PORPOISE/3390dc40e15995ba852d7a561faf0e996cf20501"
-                          "/datasets_csv_mutsig/tcga_kirp_all_clean.csv.zip")
+    assert table.endswith(
+        "/mahmoodlab/PORPOISE/3390dc40e15995ba852d7a561faf0e996cf20501/datasets_csv_mutsig/tcga_kirp_all_clean.csv.zip"
+    )
     assert splits.endswith("/splits/5foldcv/tcga_kirp/splits_{k}.csv")
 
 
@@ -468,7 +524,10 @@ def test_config_fills_gdc_cohort_paths_and_pinned_defaults():
     cfg = parse_config({"cohorts": {"blca": {"gdc_project": "TCGA-BLCA"}}})
     c = cfg.cohorts["blca"]
     assert (c.slides, c.clinical_omics, c.splits) == (
-        "data/blca/slides.tsv", "data/blca/clinical_omics.csv.zip", "data/blca/splits")
+        "data/blca/slides.tsv",
+        "data/blca/clinical_omics.csv.zip",
+        "data/blca/splits",
+    )
     assert c.clinical_omics_sha256 == PORPOISE["TCGA-BLCA"].clinical_omics_sha256 and len(c.splits_sha256) == 5
     local = parse_config({"cohorts": {"b": {"gdc_project": "TCGA-BLCA", "clinical_omics": "/t.zip"}}}).cohorts["b"]
     assert local.clinical_omics == "/t.zip" and local.clinical_omics_url is None  # a local path: no download
@@ -486,9 +545,24 @@ def test_config_fills_gdc_cohort_paths_and_pinned_defaults():
 def _snakemake(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [str(BIN / "snakemake"), *args, "-s", str(repo / "workflow/Snakefile"), "--directory", str(workdir),
-         "--cores", "2", "--resources", "gdc_connections=2", "--configfile", str(workdir / "gdc.yaml")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            str(BIN / "snakemake"),
+            *args,
+            "-s",
+            str(repo / "workflow/Snakefile"),
+            "--directory",
+            str(workdir),
+            "--cores",
+            "2",
+            "--resources",
+            "gdc_connections=2",
+            "--configfile",
+            str(workdir / "gdc.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 
@@ -497,13 +571,15 @@ def test_snakemake_builds_cohort_from_gdc(server, slides, repo, shared_data, tmp
     shutil.copy(repo / "config.yaml", tmp_path / "config.yaml")
     extra = {
         "gdc": {"base_url": server.url, "retries": 3, "backoff_s": 0.01, "page_size": 2},
-        "cohorts": {"gdctest": {
-            "gdc_project": "TCGA-TEST",
-            "clinical_omics_url": f"{server.url}/tables/ucec.csv.zip",
-            "clinical_omics_sha256": sha256_of((ucec / "clinical_omics.csv.zip").read_bytes()),
-            "splits_url": server.url + "/tables/splits_{k}.csv",
-            "splits_sha256": [sha256_of((ucec / f"splits/splits_{k}.csv").read_bytes()) for k in range(5)],
-        }},
+        "cohorts": {
+            "gdctest": {
+                "gdc_project": "TCGA-TEST",
+                "clinical_omics_url": f"{server.url}/tables/ucec.csv.zip",
+                "clinical_omics_sha256": sha256_of((ucec / "clinical_omics.csv.zip").read_bytes()),
+                "splits_url": server.url + "/tables/splits_{k}.csv",
+                "splits_sha256": [sha256_of((ucec / f"splits/splits_{k}.csv").read_bytes()) for k in range(5)],
+            }
+        },
     }
     (tmp_path / "gdc.yaml").write_text(yaml.safe_dump(extra))
 
@@ -520,8 +596,12 @@ def test_snakemake_builds_cohort_from_gdc(server, slides, repo, shared_data, tmp
     # Downloads (one job each) meet a 503 and a dropped connection; the sheet, table and splits follow.
     server.fail_503["/data/id-small"] = 1
     server.drop_after["/data/id-tcga"] = 500_000
-    targets = ["data/gdctest/slides.tsv", "data/gdctest/clinical_omics.csv.zip",
-               "data/gdctest/splits/splits_0.csv", "data/gdctest/splits/splits_3.csv"]
+    targets = [
+        "data/gdctest/slides.tsv",
+        "data/gdctest/clinical_omics.csv.zip",
+        "data/gdctest/splits/splits_0.csv",
+        "data/gdctest/splits/splits_3.csv",
+    ]
     run = _snakemake(tmp_path, repo, *targets)
     assert run.returncode == 0, run.stdout + run.stderr
     sheet = pd.read_csv(tmp_path / "data/gdctest/slides.tsv", sep="\t")

@@ -18,10 +18,17 @@ def write_predictions(root: Path, model: str, fold: int, risk, time, event) -> P
     path = root / "models" / model / f"fold{fold}" / "predictions.tsv"
     path.parent.mkdir(parents=True)
     n = len(risk)
-    pd.DataFrame({
-        "case_id": [f"{model}-{fold}-{i}" for i in range(n)], "risk": risk, "surv_0": 0.5,
-        "modalities": "omics", "event": event, "time": time, "bin": 0,
-    }).to_csv(path, sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "case_id": [f"{model}-{fold}-{i}" for i in range(n)],
+            "risk": risk,
+            "surv_0": 0.5,
+            "modalities": "omics",
+            "event": event,
+            "time": time,
+            "bin": 0,
+        }
+    ).to_csv(path, sep="\t", index=False)
     return path
 
 
@@ -42,10 +49,13 @@ def test_km_curve_and_median_match_hand_computation():
 
 def test_groups_split_at_each_folds_own_median():
     # fold 1 risks are on another scale (x100): a pooled median would put all of fold 1 in `high`
-    pred = pd.DataFrame({
-        "model": "m", "fold": [0] * 4 + [1] * 4,
-        "risk": [0.1, 0.2, 0.3, 0.4, 10.0, 20.0, 30.0, 40.0],
-    })
+    pred = pd.DataFrame(
+        {
+            "model": "m",
+            "fold": [0] * 4 + [1] * 4,
+            "risk": [0.1, 0.2, 0.3, 0.4, 10.0, 20.0, 30.0, 40.0],
+        }
+    )
     groups = risk_groups(pred)["group"].tolist()
     assert groups == ["low", "low", "high", "high"] * 2
 
@@ -70,7 +80,9 @@ def test_km_plot_command_writes_figure_and_stats(tmp_path):
         paths.append(write_predictions(tmp_path, "healnet", fold, risk, time, event))
         paths.append(write_predictions(tmp_path, "snn", fold, rng.normal(size=30), time, event))
     plot, stats = tmp_path / "km.png", tmp_path / "km.tsv"
-    rc = main(["km-plot", "--predictions", *map(str, paths), "--plot", str(plot), "--stats", str(stats), "--title", "demo"])
+    rc = main(
+        ["km-plot", "--predictions", *map(str, paths), "--plot", str(plot), "--stats", str(stats), "--title", "demo"]
+    )
     assert rc == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     table = pd.read_csv(stats, sep="\t").set_index("model")
@@ -83,7 +95,17 @@ def test_km_plot_command_writes_figure_and_stats(tmp_path):
 
 def test_km_plot_names_missing_predictions_file(tmp_path, capfd):
     missing = tmp_path / "models" / "healnet" / "fold0" / "predictions.tsv"
-    rc = main(["km-plot", "--predictions", str(missing), "--plot", str(tmp_path / "km.png"), "--stats", str(tmp_path / "s.tsv")])
+    rc = main(
+        [
+            "km-plot",
+            "--predictions",
+            str(missing),
+            "--plot",
+            str(tmp_path / "km.png"),
+            "--stats",
+            str(tmp_path / "s.tsv"),
+        ]
+    )
     assert rc == 1
     err = capfd.readouterr().err
     assert str(missing) in err and "healnet train" in err and "Traceback" not in err
@@ -97,7 +119,8 @@ def test_km_plot_names_missing_predictions_file(tmp_path, capfd):
 def test_report_table_renders_tsv_values_as_html(tmp_path, capfd):
     tsv = tmp_path / "cindex.tsv"
     pd.DataFrame({"model": ["healnet", "healnet"], "fold": ["0", "mean"], "cindex": [0.612345, math.nan]}).to_csv(
-        tsv, sep="\t", index=False)
+        tsv, sep="\t", index=False
+    )
     out = tmp_path / "report" / "cindex.html"
     assert main(["report-table", "--tsv", str(tsv), "--html", str(out), "--title", "demo"]) == 0
     page = out.read_text()

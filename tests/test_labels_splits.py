@@ -24,9 +24,9 @@ REAL = {
 def survival_table(path, months, censorship, ids=None) -> str:
     """A minimal TCGA-format table: case_id, survival, censorship and one omic column."""
     ids = ids or [f"TCGA-XX-{i:04d}" for i in range(len(months))]
-    pd.DataFrame(
-        {"case_id": ids, "survival_months": months, "censorship": censorship, "A_mut": 0}
-    ).to_csv(path, index=False)
+    pd.DataFrame({"case_id": ids, "survival_months": months, "censorship": censorship, "A_mut": 0}).to_csv(
+        path, index=False
+    )
     return str(path)
 
 
@@ -59,7 +59,9 @@ def test_real_labels_and_provided_folds(shared_data, tmp_path, cohort):
     build_splits(tmp_path / "labels.tsv", outputs, Splits(), files)
     fold0 = load_fold(outputs[0])
     assert (len(fold_ids(fold0, "train")), len(fold_ids(fold0, "test")), len(fold_ids(fold0, "val"))) == (
-        n_train, n_test, 0,
+        n_train,
+        n_test,
+        0,
     )
     tests = [set(fold_ids(load_fold(p), "test")) for p in outputs.values()]
     assert set.union(*tests) == set(labels.index) and sum(map(len, tests)) == n_patients
@@ -165,11 +167,19 @@ def test_provided_splits_checked(tmp_path):
     good = [(ids[2:], ids[:2]), (ids[:2] + ids[4:], ids[2:4]), (ids[:4], ids[4:])]
     folds = make_folds(labels, Splits(), write_splits(tmp_path / "good", good))
     assert folds[1].set_index("case_id")["split"].to_dict() == {
-        "P000": "train", "P001": "train", "P002": "test", "P003": "test", "P004": "train", "P005": "train",
+        "P000": "train",
+        "P001": "train",
+        "P002": "test",
+        "P003": "test",
+        "P004": "train",
+        "P005": "train",
     }
     unknown = [(ids[2:] + ["TCGA-ZZ-0001", "TCGA-ZZ-0002"], ids[:2])] + good[1:]
-    with pytest.raises(ValueError, match=r"splits_0.csv: column `train` names 2 patient\(s\) not in the cohort's "
-                                         r"table: TCGA-ZZ-0001, TCGA-ZZ-0002 \(line\(s\) 6, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"splits_0.csv: column `train` names 2 patient\(s\) not in the cohort's "
+        r"table: TCGA-ZZ-0001, TCGA-ZZ-0002 \(line\(s\) 6, 7\)",
+    ):
         make_folds(labels, Splits(), write_splits(tmp_path / "unknown", unknown))
     both = [(ids[1:], ids[:2])] + good[1:]
     with pytest.raises(ValueError, match=r"splits_0.csv: patient\(s\) in both `train` and `val`: P001"):

@@ -49,8 +49,12 @@ def test_masking_a_modality_equals_running_without_it(snn):
     batch["present"]["omics"] = torch.tensor([True, True, False, True])
     with torch.no_grad():
         mixed = model(batch)
-        alone = [model(one(batch, 0)), model(one(batch, 1, drop=("wsi",))), model(one(batch, 2, drop=("omics",))),
-                 model(one(batch, 3))]
+        alone = [
+            model(one(batch, 0)),
+            model(one(batch, 1, drop=("wsi",))),
+            model(one(batch, 2, drop=("omics",))),
+            model(one(batch, 3)),
+        ]
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-5, atol=1e-6)
     # and the masked sample's output does not depend on whatever sits in its unused tensor
     batch["wsi"][1] = 1e6
@@ -144,8 +148,12 @@ def test_any_number_of_modalities_and_missing_key():
     dims = {"wsi": D, "rnaseq": 5, "cnv": 3, "mut": 4}
     model = make_model(dims=dims)
     g = torch.Generator().manual_seed(0)
-    batch = {"wsi": torch.randn(2, 6, D, generator=g), "wsi_mask": torch.ones(2, 6, dtype=torch.bool),
-             "rnaseq": torch.randn(2, 5, generator=g), "mut": torch.randn(2, 4, generator=g)}
+    batch = {
+        "wsi": torch.randn(2, 6, D, generator=g),
+        "wsi_mask": torch.ones(2, 6, dtype=torch.bool),
+        "rnaseq": torch.randn(2, 5, generator=g),
+        "mut": torch.randn(2, 4, generator=g),
+    }
     with torch.no_grad():
         out = model(batch)  # cnv not in the batch: absent for everyone
         batch["cnv"] = torch.randn(2, 3, generator=g)
@@ -235,8 +243,10 @@ def test_normed_linears_equal_layer_norm_then_linear(d, widths, offset):
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, d, generator=g) + offset
-    params = [(torch.randn(k, d, generator=g, requires_grad=True), torch.randn(k, generator=g, requires_grad=True))
-              for k in widths]
+    params = [
+        (torch.randn(k, d, generator=g, requires_grad=True), torch.randn(k, generator=g, requires_grad=True))
+        for k in widths
+    ]
     outs = normed_linears(x, params)
     ref = [F.linear(F.layer_norm(x, (d,)), w, b) for w, b in params]
     for o, r in zip(outs, ref):

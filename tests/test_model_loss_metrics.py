@@ -46,7 +46,9 @@ def test_nll_clamps_extreme_logits_finite():
     logits = torch.tensor([[80.0, 80.0], [-80.0, -80.0]], requires_grad=True)
     loss = nll_loss(logits, torch.tensor([1, 0]), torch.tensor([0, 0]))
     loss.backward()
-    assert math.isfinite(loss.item()) and loss.item() == pytest.approx((-math.log(1e-7) + 0 - math.log(1e-7)) / 2, rel=1e-3)
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(
+        (-math.log(1e-7) + 0 - math.log(1e-7)) / 2, rel=1e-3
+    )
     assert torch.isfinite(logits.grad).all()
 
 

@@ -110,8 +110,12 @@ def test_tiny_table_patients_missing_omics_and_slides(tmp_path):
     table = write(tiny_table(), tmp_path / "t.csv")
     summary = build_omics(table, tmp_path / "omics.tsv.gz", Omics())
     assert summary == {
-        "rows": 13, "patients": 12, "with_omics": 11, "omics_missing": 1,
-        "features": {"rnaseq": 2, "cnv": 1, "mut": 2}, "dropped_constant": 1,
+        "rows": 13,
+        "patients": 12,
+        "with_omics": 11,
+        "omics_missing": 1,
+        "features": {"rnaseq": 2, "cnv": 1, "mut": 2},
+        "dropped_constant": 1,
     }
     df = load_omics(tmp_path / "omics.tsv.gz")
     assert "TCGA-XX-0002" not in df.index  # omics-missing: left out, not imputed
@@ -182,13 +186,19 @@ def test_clinical_features_optional(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.assign(A_cnv=t["A_cnv"].astype(object).where(t.index != 4, "amp")),
-         r"non-numeric omic value\(s\) in column `A_cnv`, line\(s\) 6 \(e.g. 'amp'\)"),
-        (lambda t: t.drop(columns=[c for c in t.columns if c[-4:] in ("_mut", "_cnv") or "rnaseq" in c]),
-         r"no omic columns"),
+        (
+            lambda t: t.assign(A_cnv=t["A_cnv"].astype(object).where(t.index != 4, "amp")),
+            r"non-numeric omic value\(s\) in column `A_cnv`, line\(s\) 6 \(e.g. 'amp'\)",
+        ),
+        (
+            lambda t: t.drop(columns=[c for c in t.columns if c[-4:] in ("_mut", "_cnv") or "rnaseq" in c]),
+            r"no omic columns",
+        ),
         (lambda t: t.assign(purity=0.5), r"column\(s\) \['purity'\] are neither metadata nor omic features"),
-        (lambda t: t.assign(A_mut=t["A_mut"].where(t.index != 12, 1 - t["A_mut"].iloc[0])),
-         r"patient TCGA-XX-0000 \(lines 2, 14\) in column\(s\) A_mut"),
+        (
+            lambda t: t.assign(A_mut=t["A_mut"].where(t.index != 12, 1 - t["A_mut"].iloc[0])),
+            r"patient TCGA-XX-0000 \(lines 2, 14\) in column\(s\) A_mut",
+        ),
         (lambda t: t.assign(case_id=t["case_id"].where(t.index != 3, None)), r"empty `case_id` in line\(s\) 5"),
     ],
     ids=["non-numeric", "no-omics", "unknown-column", "disagreeing-duplicate", "empty-case-id"],
@@ -225,7 +235,9 @@ def test_snakemake_omics_labels_splits(repo, tmp_path):
     (tmp_path / "splits").mkdir()
     for k in range(2):
         test, train = ids[k::2], [c for c in ids if c not in ids[k::2]]
-        pd.DataFrame({"train": pd.Series(train), "val": pd.Series(test)}).to_csv(tmp_path / "splits" / f"splits_{k}.csv")
+        pd.DataFrame({"train": pd.Series(train), "val": pd.Series(test)}).to_csv(
+            tmp_path / "splits" / f"splits_{k}.csv"
+        )
     (tmp_path / "extra.yaml").write_text(
         "cohorts:\n"
         "  tiny: {clinical_omics: table.csv}\n"
@@ -235,8 +247,15 @@ def test_snakemake_omics_labels_splits(repo, tmp_path):
     targets = [f"results/tiny/splits/fold{k}.tsv" for k in range(3)] + ["results/tiny/omics.tsv.gz"]
     targets += [f"results/given/splits/fold{k}.tsv" for k in range(2)]
     cmd = [
-        str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
-        "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", *targets,
+        str(Path(sys.executable).parent / "snakemake"),
+        "--snakefile",
+        str(repo / "workflow" / "Snakefile"),
+        "--configfile",
+        str(repo / "config.yaml"),
+        "extra.yaml",
+        "--cores",
+        "2",
+        *targets,
     ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the rules call `healnet`
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)

@@ -34,9 +34,13 @@ def test_group_tokens_see_only_their_features():
 @pytest.mark.parametrize("tokens, n_tokens", [("feature", 6), ("modality", 1), ("family", 6)])
 def test_healnet_token_counts(tokens, n_tokens):
     torch.manual_seed(0)
-    model = build_model("healnet", {"omics": 6, "clinical": 2}, 4,
-                        {"depth": 1, "num_latents": 4, "latent_dim": 16, "omics_tokens": tokens},
-                        {"omics": NAMES, "clinical": ["age_clinical", "is_female_clinical"]})
+    model = build_model(
+        "healnet",
+        {"omics": 6, "clinical": 2},
+        4,
+        {"depth": 1, "num_latents": 4, "latent_dim": 16, "omics_tokens": tokens},
+        {"omics": NAMES, "clinical": ["age_clinical", "is_female_clinical"]},
+    )
     batch = {"omics": torch.randn(5, 6), "clinical": torch.randn(5, 2)}
     logits, attn = model(batch, return_attention=True)
     assert logits.shape == (5, 4)

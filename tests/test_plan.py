@@ -132,20 +132,25 @@ def test_rules_find_the_healnet_beside_this_python(tmp_path):
 def test_manifest_query_of_a_cohort_and_its_check(tmp_path):
     import pandas as pd
 
-    cfg = parse_config({"cohorts": {"b": {"gdc_project": "TCGA-BLCA", "gdc_cases": ["TCGA-ZZ-2", "TCGA-ZZ-1"],
-                                          "gdc_max_files": 3}}})
+    cfg = parse_config(
+        {"cohorts": {"b": {"gdc_project": "TCGA-BLCA", "gdc_cases": ["TCGA-ZZ-2", "TCGA-ZZ-1"], "gdc_max_files": 3}}}
+    )
     wanted = ManifestQuery.of_cohort(cfg.cohorts["b"])
     assert wanted == ManifestQuery("TCGA-BLCA", ["TCGA-ZZ-1", "TCGA-ZZ-2"], 3)
     assert wanted.cli_args() == "--max-files 3 --cases TCGA-ZZ-1 TCGA-ZZ-2"
     assert ManifestQuery("TCGA-BLCA").cli_args() == ""
     path = tmp_path / "gdc_manifest.tsv"
-    manifest = pd.DataFrame({"file_id": ["i"], "file_name": ["a.svs"], "md5sum": ["0" * 32], "file_size": [1],
-                             "case_id": ["TCGA-ZZ-1"]})
+    manifest = pd.DataFrame(
+        {"file_id": ["i"], "file_name": ["a.svs"], "md5sum": ["0" * 32], "file_size": [1], "case_id": ["TCGA-ZZ-1"]}
+    )
     write_manifest(manifest, wanted, path)
     check_manifest_query(path, "b", wanted)  # built for this query: reused
-    with pytest.raises(ValueError, match=r"built for TCGA-BLCA, 2 listed case\(s\), at most 3 files, but the config .* "
-                                         r"asks for TCGA-BLCA, all cases, no file limit; rebuild it: "
-                                         r"`snakemake --cores 1 .*gdc_manifest.tsv --forcerun gdc_manifest`"):
+    with pytest.raises(
+        ValueError,
+        match=r"built for TCGA-BLCA, 2 listed case\(s\), at most 3 files, but the config .* "
+        r"asks for TCGA-BLCA, all cases, no file limit; rebuild it: "
+        r"`snakemake --cores 1 .*gdc_manifest.tsv --forcerun gdc_manifest`",
+    ):
         check_manifest_query(path, "b", ManifestQuery("TCGA-BLCA"))
     path.with_suffix(".json").unlink()
     with pytest.raises(ValueError, match=r"built for an unknown query \(no .json next to it\)"):
@@ -154,14 +159,19 @@ def test_manifest_query_of_a_cohort_and_its_check(tmp_path):
 
 def test_config_and_acquire_do_not_import_each_other():
     """The pinned sources the config fills in import nothing of the package; the download code no config."""
-    code = ("import sys, healnet.acquire.tables; "
-            "print(sorted(m for m in sys.modules if m.startswith('healnet.')))")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                        .stdout.replace("'", '"'))
+    code = "import sys, healnet.acquire.tables; print(sorted(m for m in sys.modules if m.startswith('healnet.')))"
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace(
+            "'", '"'
+        )
+    )
     assert "healnet.config" not in loaded and "healnet.acquire.tables" in loaded
     code = "import sys, healnet.acquire.sources; print(sorted(m for m in sys.modules if m.startswith('healnet.')))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                        .stdout.replace("'", '"'))
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace(
+            "'", '"'
+        )
+    )
     assert loaded == ["healnet.acquire", "healnet.acquire.sources"]
 
 
@@ -214,10 +224,27 @@ def test_inprocess_runner_reads_the_jobs_of_a_dry_run():
         ("splits", False, True),  # after labels (its input), whatever the printed order; waits as labels does
         ("demo_cohort", True, False),
     ]
-    assert jobs[1].argv == ["splits", "--labels", "results/demo/labels.tsv", "--split-files", "--fold", "0",
-                            "--output", "results/demo/splits/fold0.tsv", "--log", "logs/demo/splits_fold0.log"]
-    assert jobs[2].argv == ["demo-cohort", "--outdir", "data/demo", "--params", '{"seed": 0}',
-                            "--log", "logs/demo/demo_cohort.log"]
+    assert jobs[1].argv == [
+        "splits",
+        "--labels",
+        "results/demo/labels.tsv",
+        "--split-files",
+        "--fold",
+        "0",
+        "--output",
+        "results/demo/splits/fold0.tsv",
+        "--log",
+        "logs/demo/splits_fold0.log",
+    ]
+    assert jobs[2].argv == [
+        "demo-cohort",
+        "--outdir",
+        "data/demo",
+        "--params",
+        '{"seed": 0}',
+        "--log",
+        "logs/demo/demo_cohort.log",
+    ]
     assert jobs[2].outputs == ["data/demo/slides.tsv", "data/demo/clinical_omics.csv"]
     assert planned_jobs("Building DAG of jobs...\nNothing to be done (all requested files are present).\n") == []
     with pytest.raises(RuntimeError, match=r"no shell command for rule\(s\) \['demo_cohort'\]"):
@@ -227,8 +254,12 @@ def test_inprocess_runner_reads_the_jobs_of_a_dry_run():
 
 
 def test_inprocess_jobs_run_after_the_jobs_making_their_inputs():
-    jobs = [Job("c", ["b.txt"], ["c.txt"]), Job("b", ["a.txt"], ["b.txt"]), Job("a", [], ["a.txt"]),
-            Job("x", [], ["x.txt"])]
+    jobs = [
+        Job("c", ["b.txt"], ["c.txt"]),
+        Job("b", ["a.txt"], ["b.txt"]),
+        Job("a", [], ["a.txt"]),
+        Job("x", [], ["x.txt"]),
+    ]
     assert [job.rule for job in inputs_first(jobs)] == ["a", "b", "c", "x"]
     assert not any(job.provisional for job in jobs)
     jobs[2].checkpoint = True  # a: b and c wait for it, x does not

@@ -34,13 +34,23 @@ def small_blca(shared_data: Path, out: Path) -> Path:
 
 def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path):
     extra = {
-        "cohorts": {"small": {"clinical_omics": str(small_blca(shared_data, tmp_path)),
-                              "models": ["coxnet", "cox_clinical"]}},
+        "cohorts": {
+            "small": {"clinical_omics": str(small_blca(shared_data, tmp_path)), "models": ["coxnet", "cox_clinical"]}
+        },
         "splits": {"n_folds": 3},
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
-           "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", "results/small/cindex.tsv"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--snakefile",
+        str(repo / "workflow" / "Snakefile"),
+        "--configfile",
+        str(repo / "config.yaml"),
+        "extra.yaml",
+        "--cores",
+        "2",
+        "results/small/cindex.tsv",
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -57,7 +67,8 @@ def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path):
     # predictions replay the fold's own c-index: age alone, recomputed from the file
     pred = pd.read_csv(tmp_path / "results/small/models/cox_clinical/fold0/predictions.tsv", sep="\t")
     assert cindex(pred["time"], pred["event"], pred["risk"]) == pytest.approx(
-        float(per_fold.set_index(["model", "fold"]).loc[("cox_clinical", "0"), "cindex"]))
+        float(per_fold.set_index(["model", "fold"]).loc[("cox_clinical", "0"), "cindex"])
+    )
     log = pd.read_csv(tmp_path / "results/small/models/coxnet/fold0/train_log.tsv", sep="\t")
     assert log["alpha"].iloc[0] > 0 and log["inner_cindex"].between(0, 1).all()
 
@@ -75,7 +86,9 @@ def test_same_patients_column_on_the_demo(repo, tmp_path):
     table = run_demo(parse_config(raw), tmp_path).set_index(["model", "fold"])
     res = tmp_path / "results" / "demo" / "models"
     for k in range(3):
-        preds = {m: pd.read_csv(res / m / f"fold{k}" / "predictions.tsv", sep="\t") for m in ("snn", "abmil", "cox_clinical")}
+        preds = {
+            m: pd.read_csv(res / m / f"fold{k}" / "predictions.tsv", sep="\t") for m in ("snn", "abmil", "cox_clinical")
+        }
         common = set.intersection(*(set(p["case_id"]) for p in preds.values()))
         sizes = {m: p["case_id"].nunique() for m, p in preds.items()}
         assert len(common) < min(sizes["snn"], sizes["abmil"])  # the unimodal models score different patients
@@ -84,6 +97,8 @@ def test_same_patients_column_on_the_demo(repo, tmp_path):
             assert int(row["n_common"]) == len(common) and int(row["n"]) == sizes[m]
             seeds = sorted(p["seed"].unique())
             assert int(row["seeds"]) == len(seeds) == (1 if m == "cox_clinical" else 2)
-            mine = [cindex(*p[(p["seed"] == s) & p["case_id"].isin(common)][["time", "event", "risk"]].T.to_numpy())
-                    for s in seeds]
+            mine = [
+                cindex(*p[(p["seed"] == s) & p["case_id"].isin(common)][["time", "event", "risk"]].T.to_numpy())
+                for s in seeds
+            ]
             assert float(row["cindex_common"]) == pytest.approx(sum(mine) / len(mine), nan_ok=True)

@@ -61,8 +61,16 @@ MODEL = {"train", "evaluate", "km_plot", "report_tables"}
 def snakemake(workdir: Path, *args: str, targets=TARGETS, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the repository's workflow in `workdir` with config.yaml + the tiny override."""
     cmd = [  # targets first: options such as --rerun-triggers take several values
-        str(BIN / "snakemake"), *targets, "-s", str(SNAKEFILE), "--directory", str(workdir),
-        "--configfile", str(REPO / "config.yaml"), str(workdir / "tiny.yaml"), *args,
+        str(BIN / "snakemake"),
+        *targets,
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(workdir / "tiny.yaml"),
+        *args,
     ]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -192,16 +200,29 @@ def test_inprocess_runner_makes_what_snakemake_makes(base, tmp_path):
     table = run_demo(load_config(REPO / "config.yaml", base / "tiny.yaml"), inprocess)
 
     def made(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for top in ("data", "results", "logs") for p in (root / top).rglob("*")
-                if p.is_file()}
+        return {
+            str(p.relative_to(root))
+            for top in ("data", "results", "logs")
+            for p in (root / top).rglob("*")
+            if p.is_file()
+        }
 
     ours = made(inprocess)
     assert ours <= made(base), sorted(ours - made(base))[:10]
-    assert {"results/demo/cindex.tsv", "results/demo/labels.tsv", "results/demo/models/healnet/fold1/checkpoint.pt",
-            "logs/demo/evaluate.log", f"results/demo/features/{ENCODER}/{sheet(base)['slide_id'].iloc[0]}.zarr/zarr.json",
-            } <= ours
-    for name in ("results/demo/cindex.tsv", "results/demo/labels.tsv", "results/demo/splits/fold0.tsv",
-                 "results/demo/models/healnet/fold0/predictions.tsv", "data/demo/slides.tsv"):
+    assert {
+        "results/demo/cindex.tsv",
+        "results/demo/labels.tsv",
+        "results/demo/models/healnet/fold1/checkpoint.pt",
+        "logs/demo/evaluate.log",
+        f"results/demo/features/{ENCODER}/{sheet(base)['slide_id'].iloc[0]}.zarr/zarr.json",
+    } <= ours
+    for name in (
+        "results/demo/cindex.tsv",
+        "results/demo/labels.tsv",
+        "results/demo/splits/fold0.tsv",
+        "results/demo/models/healnet/fold0/predictions.tsv",
+        "data/demo/slides.tsv",
+    ):
         assert (inprocess / name).read_bytes() == (base / name).read_bytes(), name
     assert list(table["model"].unique()) == ["healnet"]
 
@@ -222,8 +243,11 @@ def test_training_parameter_reruns_only_training_and_evaluation(work):
     set_config(work, "training", {"weight_decay": 0.001})
     plan = pending(work)
     assert set(plan) == MODEL
-    assert plan["train"] == {f"results/demo/models/healnet/fold{k}/{f}" for k in range(2)
-                             for f in ("checkpoint.pt", "run.json", "predictions.tsv", "train_log.tsv")}
+    assert plan["train"] == {
+        f"results/demo/models/healnet/fold{k}/{f}"
+        for k in range(2)
+        for f in ("checkpoint.pt", "run.json", "predictions.tsv", "train_log.tsv")
+    }
 
 
 def test_replaced_slide_reruns_only_its_chain_then_training(work):
@@ -281,8 +305,17 @@ def test_interrupted_feature_extraction_recomputes_that_slide_only(work):
     others = [s for s in slides if s != slide]
     before = {s: (work / f"results/demo/features/{ENCODER}/{s}.zarr/zarr.json").stat().st_mtime_ns for s in others}
     cmd = [
-        str(BIN / "snakemake"), *TARGETS, "-s", str(SNAKEFILE), "--directory", str(work),
-        "--configfile", str(REPO / "config.yaml"), str(work / "tiny.yaml"), "--cores", "1",
+        str(BIN / "snakemake"),
+        *TARGETS,
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(work / "tiny.yaml"),
+        "--cores",
+        "1",
     ]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -345,8 +378,15 @@ def test_report_contains_qc_tables_km_and_attention(work):
     pngs = heatmaps[heatmaps["file"].str.endswith(".png")]["file"]
     assert len(pngs) >= 1 and all(report_entry(html, f)[:4] == b"\x89PNG" for f in pngs)
     # categories and captions (rendered from workflow/report/*.rst, wildcards filled in)
-    for text in ("Slides", "Evaluation", "Attention", "median predicted risk", "Concordance index",
-                 "Tissue detection of one slide", "healnet-pipeline: from whole-slide"):
+    for text in (
+        "Slides",
+        "Evaluation",
+        "Attention",
+        "median predicted risk",
+        "Concordance index",
+        "Tissue detection of one slide",
+        "healnet-pipeline: from whole-slide",
+    ):
         assert text in html, text
     assert re.search(r"Kaplan-Meier curves of cohort .{0,20}demo", html)
 
@@ -384,13 +424,21 @@ def test_every_documented_snakemake_command_runs_as_written(work):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     from healnet.config import merge_into
 
-    (work / "config.yaml").write_text(yaml.safe_dump(merge_into(config, yaml.safe_load((work / "tiny.yaml").read_text()))))
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(merge_into(config, yaml.safe_load((work / "tiny.yaml").read_text())))
+    )
     for name in ("workflow", "profiles"):
         (work / name).symlink_to(REPO / name)
-    (work / "my_cohorts.yaml").write_text(yaml.safe_dump({"cohorts": {  # the docs' examples of my_cohorts.yaml
-        "mine": {"slides": "data/demo/slides.tsv", "clinical_omics": "data/demo/clinical_omics.csv"},
-        "blca_try": {"gdc_project": "TCGA-BLCA", "gdc_max_files": 10},
-    }}))
+    (work / "my_cohorts.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "cohorts": {  # the docs' examples of my_cohorts.yaml
+                    "mine": {"slides": "data/demo/slides.tsv", "clinical_omics": "data/demo/clinical_omics.csv"},
+                    "blca_try": {"gdc_project": "TCGA-BLCA", "gdc_max_files": 10},
+                }
+            }
+        )
+    )
     (work / "extra.yaml").write_text(yaml.safe_dump({"paper": {"cohorts": ["blca", "brca", "kirp", "ucec"]}}))
     slide = sheet(work)["slide_id"].iloc[0]
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}

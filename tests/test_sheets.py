@@ -52,9 +52,12 @@ def test_same_path_under_two_slide_ids_names_both_lines(shared_data, tmp_path):
     cmu = shared_data / "slides/CMU-1-Small-Region.svs"
     tcga = shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs"
     path = _sheet(tmp_path, [("P1", "S1", cmu), ("P2", "S2", tcga), ("P3", "S3", f"{cmu.parent}/../slides/{cmu.name}")])
-    with pytest.raises(ValueError, match=r"slides.tsv: one slide file under several slide ids, by the same path: "
-                                         r"line 2 \(slide_id 'S1', case_id 'P1', path .*CMU-1-Small-Region.svs\) "
-                                         r"and line 4 \(slide_id 'S3', case_id 'P3'"):
+    with pytest.raises(
+        ValueError,
+        match=r"slides.tsv: one slide file under several slide ids, by the same path: "
+        r"line 2 \(slide_id 'S1', case_id 'P1', path .*CMU-1-Small-Region.svs\) "
+        r"and line 4 \(slide_id 'S3', case_id 'P3'",
+    ):
         read_sample_sheet(path)
     assert len(read_sample_sheet(path, check_files=False)) == 3  # later readers trust the checked sheet
 
@@ -66,9 +69,14 @@ def test_same_content_under_two_slide_ids(shared_data, tmp_path):
     data = cmu.read_bytes()
     (tmp_path / "copy.svs").write_bytes(data)
     (tmp_path / "other.svs").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])  # same size
-    path = _sheet(tmp_path, [("P1", "S1", cmu), ("P1", "S2", tmp_path / "other.svs"), ("P2", "S3", tmp_path / "copy.svs")])
-    with pytest.raises(ValueError, match=r"by the same content \(size and sha256 of the first 1 MiB\): line 2 "
-                                         r"\(slide_id 'S1'.*\) and line 4 \(slide_id 'S3', case_id 'P2', path .*copy.svs\)"):
+    path = _sheet(
+        tmp_path, [("P1", "S1", cmu), ("P1", "S2", tmp_path / "other.svs"), ("P2", "S3", tmp_path / "copy.svs")]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"by the same content \(size and sha256 of the first 1 MiB\): line 2 "
+        r"\(slide_id 'S1'.*\) and line 4 \(slide_id 'S3', case_id 'P2', path .*copy.svs\)",
+    ):
         read_sample_sheet(path)
     assert len(read_sample_sheet(path, check_files=False)) == 3  # checked where the files are checked
     ok = _sheet(tmp_path, [("P1", "S1", cmu), ("P1", "S2", tmp_path / "other.svs")])

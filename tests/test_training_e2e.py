@@ -19,10 +19,16 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, D, FOLDS = 36, 8, 2
 SPECS = {
-    "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"],
-                "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}},
-    "healnet_wsi": {"architecture": "healnet", "modalities": ["wsi"],
-                    "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8}},
+    "healnet": {
+        "architecture": "healnet",
+        "modalities": ["wsi", "omics"],
+        "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8},
+    },
+    "healnet_wsi": {
+        "architecture": "healnet",
+        "modalities": ["wsi"],
+        "params": {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8},
+    },
 }
 # The bins of labels.tsv (cohort edges): 18 training patients per fold are too few for stable quartiles
 # of their own (labels.edges_from: train, the default, is tested in test_labels_splits and test_cox).
@@ -40,8 +46,18 @@ def cohort(tmp_path_factory, shared_data):
     time = rng.exponential(30 * np.exp(-risk)) + 0.5
     event = (rng.random(N) < 0.7).astype(int)
     edges = bin_edges(time, event, 4)
-    write_tsv(pd.DataFrame({"case_id": ids, "survival_months": time, "censorship": 1 - event, "event": event,
-                            "bin": assign_bins(time, edges)}), root / "labels.tsv")
+    write_tsv(
+        pd.DataFrame(
+            {
+                "case_id": ids,
+                "survival_months": time,
+                "censorship": 1 - event,
+                "event": event,
+                "bin": assign_bins(time, edges),
+            }
+        ),
+        root / "labels.tsv",
+    )
     for k in range(FOLDS):
         split = ["test" if i % FOLDS == k else "train" for i in range(N)]
         write_tsv(pd.DataFrame({"case_id": ids, "split": split}), root / "splits" / f"fold{k}.tsv")
@@ -62,31 +78,78 @@ def cohort(tmp_path_factory, shared_data):
         feats = rng.normal(size=(n, D)).astype(np.float32)
         feats[:, 0] += risk[i]
         coords = np.stack([rng.integers(0, 250, n), rng.integers(0, 200, n)], 1)
-        attrs = {"status": "no_tissue" if n == 0 else "ok", "slide_id": slide, "mpp": 0.5,
-                 "patch_size_level0": 50, "encoder": "toy"}
+        attrs = {
+            "status": "no_tissue" if n == 0 else "ok",
+            "slide_id": slide,
+            "mpp": 0.5,
+            "patch_size_level0": 50,
+            "encoder": "toy",
+        }
         write_feature_store(path, feats, coords, attrs)
         rows.append({"case_id": case, "slide_id": slide, "path": str(boxes)})
         stores.append(str(path))
     write_tsv(pd.DataFrame(rows), root / "slides.tsv")
     for model, spec in SPECS.items():
         for k in range(FOLDS):
-            rc = main([
-                "train", "--labels", str(root / "labels.tsv"), "--fold-file", str(root / "splits" / f"fold{k}.tsv"),
-                "--fold", str(k), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
-                "--sheet", str(root / "slides.tsv"), "--model", model, "--spec", json.dumps(spec),
-                "--training", json.dumps(TRAINING), "--outdir", str(root / "models" / model / f"fold{k}"),
-                "--labels-params", LABELS,
-            ])
+            rc = main(
+                [
+                    "train",
+                    "--labels",
+                    str(root / "labels.tsv"),
+                    "--fold-file",
+                    str(root / "splits" / f"fold{k}.tsv"),
+                    "--fold",
+                    str(k),
+                    "--omics",
+                    str(root / "omics.tsv.gz"),
+                    "--features",
+                    *stores,
+                    "--sheet",
+                    str(root / "slides.tsv"),
+                    "--model",
+                    model,
+                    "--spec",
+                    json.dumps(spec),
+                    "--training",
+                    json.dumps(TRAINING),
+                    "--outdir",
+                    str(root / "models" / model / f"fold{k}"),
+                    "--labels-params",
+                    LABELS,
+                ]
+            )
             assert rc == 0
-    rc = main([
-        "evaluate", "--models", *SPECS, "--models-dir", str(root / "models"),
-        "--fold-files", *[str(root / "splits" / f"fold{k}.tsv") for k in range(FOLDS)],
-        "--labels", str(root / "labels.tsv"), "--omics", str(root / "omics.tsv.gz"), "--features", *stores,
-        "--sheet", str(root / "slides.tsv"), "--cindex", str(root / "cindex.tsv"),
-        "--missing", str(root / "cindex_missing.tsv"), "--inspect", str(root / "inspect"),
-        "--versions", str(root / "versions.tsv"),
-        "--params", json.dumps({"inspect_top_features": 3}), "--training", json.dumps(TRAINING),
-    ])
+    rc = main(
+        [
+            "evaluate",
+            "--models",
+            *SPECS,
+            "--models-dir",
+            str(root / "models"),
+            "--fold-files",
+            *[str(root / "splits" / f"fold{k}.tsv") for k in range(FOLDS)],
+            "--labels",
+            str(root / "labels.tsv"),
+            "--omics",
+            str(root / "omics.tsv.gz"),
+            "--features",
+            *stores,
+            "--sheet",
+            str(root / "slides.tsv"),
+            "--cindex",
+            str(root / "cindex.tsv"),
+            "--missing",
+            str(root / "cindex_missing.tsv"),
+            "--inspect",
+            str(root / "inspect"),
+            "--versions",
+            str(root / "versions.tsv"),
+            "--params",
+            json.dumps({"inspect_top_features": 3}),
+            "--training",
+            json.dumps(TRAINING),
+        ]
+    )
     assert rc == 0
     return root
 
@@ -103,8 +166,20 @@ def test_predictions_cover_each_models_patients(cohort):
 
 def test_cindex_table(cohort):
     table = pd.read_csv(cohort / "cindex.tsv", sep="\t", dtype={"fold": str})
-    assert list(table.columns) == ["model", "fold", "cindex", "cindex_td", "ibs", "n", "events", "excluded",
-                                   "seeds", "cindex_seed_std", "cindex_common", "n_common"]
+    assert list(table.columns) == [
+        "model",
+        "fold",
+        "cindex",
+        "cindex_td",
+        "ibs",
+        "n",
+        "events",
+        "excluded",
+        "seeds",
+        "cindex_seed_std",
+        "cindex_common",
+        "n_common",
+    ]
     assert table["fold"].tolist() == ["0", "1", "0", "1", "mean", "std", "mean", "std"]
     rows = table.set_index(["model", "fold"])
     assert rows.loc[("healnet", "0"), "n"] == 18 and rows.loc[("healnet", "0"), "excluded"] == 0
@@ -116,8 +191,12 @@ def test_cindex_table(cohort):
     # same patients: healnet_wsi scores 15 of fold 0's 18 test patients, so both are scored on those 15
     assert rows.loc[("healnet", "0"), "n_common"] == rows.loc[("healnet_wsi", "0"), "n_common"] == 15
     pred = pd.read_csv(cohort / "models/healnet/fold0/predictions.tsv", sep="\t")
-    common = pred[pred["case_id"].isin(pd.read_csv(cohort / "models/healnet_wsi/fold0/predictions.tsv", sep="\t")["case_id"])]
-    assert rows.loc[("healnet", "0"), "cindex_common"] == pytest.approx(cindex(common["time"], common["event"], common["risk"]))
+    common = pred[
+        pred["case_id"].isin(pd.read_csv(cohort / "models/healnet_wsi/fold0/predictions.tsv", sep="\t")["case_id"])
+    ]
+    assert rows.loc[("healnet", "0"), "cindex_common"] == pytest.approx(
+        cindex(common["time"], common["event"], common["risk"])
+    )
     assert rows.loc[("healnet_wsi", "0"), "cindex_common"] == pytest.approx(rows.loc[("healnet_wsi", "0"), "cindex"])
     # the planted signal is learned by the multimodal model
     assert rows.loc[("healnet", "mean"), "cindex"] > 0.6
@@ -159,11 +238,23 @@ def test_inspection_outputs(cohort):
 
 
 def test_evaluate_names_a_missing_run(cohort, tmp_path, capfd):
-    rc = main([
-        "evaluate", "--models", "nosuch", "--models-dir", str(cohort / "models"),
-        "--fold-files", str(cohort / "splits" / "fold0.tsv"), "--labels", str(cohort / "labels.tsv"),
-        "--cindex", str(tmp_path / "c.tsv"), "--missing", str(tmp_path / "m.tsv"),
-    ])
+    rc = main(
+        [
+            "evaluate",
+            "--models",
+            "nosuch",
+            "--models-dir",
+            str(cohort / "models"),
+            "--fold-files",
+            str(cohort / "splits" / "fold0.tsv"),
+            "--labels",
+            str(cohort / "labels.tsv"),
+            "--cindex",
+            str(tmp_path / "c.tsv"),
+            "--missing",
+            str(tmp_path / "m.tsv"),
+        ]
+    )
     err = capfd.readouterr().err
     assert rc == 1 and "model 'nosuch' has not been trained on fold 0" in err and "healnet train" in err
 
@@ -185,22 +276,45 @@ def test_a_copied_run_scores_patients_from_raw_inputs_alone(cohort, tmp_path):
     assert run.info["encoder"]["encoder"] == "toy" and run.info["omics"]["rnaseq_clip"] is not None
     got = run.predict(cohort / "omics.tsv.gz", stores, cohort / "slides.tsv", case_ids=list(pred["case_id"]))
     cols = ["risk", *[c for c in pred.columns if c.startswith("surv_")]]
-    assert got["case_id"].tolist() == pred["case_id"].tolist() and got["modalities"].tolist() == pred["modalities"].tolist()
+    assert (
+        got["case_id"].tolist() == pred["case_id"].tolist()
+        and got["modalities"].tolist() == pred["modalities"].tolist()
+    )
     np.testing.assert_allclose(got[cols].to_numpy(), pred[cols].to_numpy(), rtol=0, atol=1e-6)
 
     out = tmp_path / "predictions.tsv"  # the CLI: every patient of the inputs
-    assert main(["predict", "--run", str(moved), "--omics", str(cohort / "omics.tsv.gz"), "--features", *stores,
-                 "--sheet", str(cohort / "slides.tsv"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(moved),
+                "--omics",
+                str(cohort / "omics.tsv.gz"),
+                "--features",
+                *stores,
+                "--sheet",
+                str(cohort / "slides.tsv"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cli = pd.read_csv(out, sep="\t", dtype={"case_id": str}).set_index("case_id")
     assert len(cli) == N  # every patient has omics or a slide with patches
     np.testing.assert_allclose(cli.loc[pred["case_id"], cols].to_numpy(), pred[cols].to_numpy(), rtol=0, atol=1e-6)
 
     case = pred.loc[pred["modalities"] == "wsi+omics", "case_id"].iloc[0]
-    one = run.predict(read_omics(cohort / "omics.tsv.gz").loc[[case]], [cohort / "features" / f"S{case[1:]}.zarr"],
-                      cohort / "slides.tsv")
+    one = run.predict(
+        read_omics(cohort / "omics.tsv.gz").loc[[case]],
+        [cohort / "features" / f"S{case[1:]}.zarr"],
+        cohort / "slides.tsv",
+    )
     assert one["case_id"].tolist() == [case] and one["modalities"].tolist() == ["wsi+omics"]
-    np.testing.assert_allclose(one[cols].to_numpy()[0], pred.set_index("case_id").loc[case, cols].to_numpy(float),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        one[cols].to_numpy()[0], pred.set_index("case_id").loc[case, cols].to_numpy(float), rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="trained on features of encoder 'toy'.*come from 'uni'"):
         run.check_encoder(WsiBags({}, D, None, {"encoder": "uni", "weights": None}))
     old = type(run)(run.path, run.model, {**run.info, "omics_transform": None})  # a run of an older healnet
@@ -220,14 +334,27 @@ def test_cindex_needs_no_model_and_evaluation_loads_each_checkpoint_once(cohort,
     from healnet.evaluate.metrics import cindex_table
 
     loaded, load = [], inference.load_model
-    monkeypatch.setattr(inference, "load_model", lambda path, device="cpu": loaded.append(str(path)) or load(path, device))
-    runs = CohortRuns.from_files(cohort / "models", [cohort / "splits" / f"fold{k}.tsv" for k in range(FOLDS)],
-                                 cohort / "labels.tsv", cohort / "omics.tsv.gz",
-                                 sorted((cohort / "features").glob("*.zarr")), cohort / "slides.tsv")
+    monkeypatch.setattr(
+        inference, "load_model", lambda path, device="cpu": loaded.append(str(path)) or load(path, device)
+    )
+    runs = CohortRuns.from_files(
+        cohort / "models",
+        [cohort / "splits" / f"fold{k}.tsv" for k in range(FOLDS)],
+        cohort / "labels.tsv",
+        cohort / "omics.tsv.gz",
+        sorted((cohort / "features").glob("*.zarr")),
+        cohort / "slides.tsv",
+    )
     cindex_table(runs, list(SPECS), Evaluation())
     assert loaded == []
-    evaluate_cohort(list(SPECS), runs, Evaluation(inspect_top_features=3), tmp_path / "cindex.tsv",
-                    tmp_path / "cindex_missing.tsv", tmp_path / "inspect")
+    evaluate_cohort(
+        list(SPECS),
+        runs,
+        Evaluation(inspect_top_features=3),
+        tmp_path / "cindex.tsv",
+        tmp_path / "cindex_missing.tsv",
+        tmp_path / "inspect",
+    )
     assert len(loaded) == len(set(loaded)) and len(loaded) >= FOLDS  # healnet's folds at least (missing modalities)
     assert filecmp.cmp(tmp_path / "cindex.tsv", cohort / "cindex.tsv", shallow=False)
     assert filecmp.cmp(tmp_path / "cindex_missing.tsv", cohort / "cindex_missing.tsv", shallow=False)

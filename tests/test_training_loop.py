@@ -18,8 +18,16 @@ from healnet.training.loop import train_epoch, train_fold
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 D, F = 6, 10
-SMALL = {"depth": 1, "num_latents": 4, "latent_dim": 16, "heads": 2, "self_heads": 2, "dim_head": 8,
-         "attn_dropout": 0.0, "ff_dropout": 0.0}
+SMALL = {
+    "depth": 1,
+    "num_latents": 4,
+    "latent_dim": 16,
+    "heads": 2,
+    "self_heads": 2,
+    "dim_head": 8,
+    "attn_dropout": 0.0,
+    "ff_dropout": 0.0,
+}
 
 
 def synthetic_fold(n=60, seed=0, splits=("train",) * 40 + ("test",) * 20) -> FoldData:
@@ -46,9 +54,16 @@ def synthetic_fold(n=60, seed=0, splits=("train",) * 40 + ("test",) * 20) -> Fol
             bags[f"P{i}"] = [SlideBag(f"S{i}", feats, coords, 224)]
     omics[~has_omics] = 0
     return FoldData(
-        case_ids=[f"P{i}" for i in range(n)], time=time, event=event, bins=bins, edges=edges,
-        tabular={"omics": omics}, tabular_present={"omics": has_omics}, feature_names={"omics": [f"G{j}_rnaseq" for j in range(F)]},
-        wsi=WsiBags.from_arrays(bags), split_of=np.array(list(splits)),
+        case_ids=[f"P{i}" for i in range(n)],
+        time=time,
+        event=event,
+        bins=bins,
+        edges=edges,
+        tabular={"omics": omics},
+        tabular_present={"omics": has_omics},
+        feature_names={"omics": [f"G{j}_rnaseq" for j in range(F)]},
+        wsi=WsiBags.from_arrays(bags),
+        split_of=np.array(list(splits)),
     )
 
 
@@ -102,7 +117,19 @@ def test_train_fold_learns_writes_outputs_and_is_deterministic(tmp_path):
         frames.append(train_fold(data, "healnet", ["wsi", "omics"], SMALL, cfg, 0, tmp_path / run, "healnet"))
     pd.testing.assert_frame_equal(frames[0], frames[1])
     pred = pd.read_csv(tmp_path / "a" / "predictions.tsv", sep="\t")
-    assert list(pred.columns) == ["case_id", "seed", "risk", "surv_0", "surv_1", "surv_2", "surv_3", "modalities", "event", "time", "bin"]
+    assert list(pred.columns) == [
+        "case_id",
+        "seed",
+        "risk",
+        "surv_0",
+        "surv_1",
+        "surv_2",
+        "surv_3",
+        "modalities",
+        "event",
+        "time",
+        "bin",
+    ]
     assert len(pred) == 30 and set(pred["modalities"]) <= {"wsi+omics", "wsi", "omics"}
     assert np.allclose(pred["risk"], -pred[[f"surv_{j}" for j in range(4)]].sum(axis=1))
     from healnet.survival.metrics import cindex
@@ -122,8 +149,9 @@ def test_wsi_features_centred_on_training_patches(tmp_path):
     """The centre is the mean patch of the training patients, travels in the checkpoint, and makes the
     model blind to an offset common to all patches (what random-encoder features mostly are)."""
     data = synthetic_fold()
-    cfg = Training(epochs=3, batch_size=4, grad_accumulation=1, lr=3e-3, max_patches=8, device="cpu",
-                   center_wsi_features=True)
+    cfg = Training(
+        epochs=3, batch_size=4, grad_accumulation=1, lr=3e-3, max_patches=8, device="cpu", center_wsi_features=True
+    )
     frame = train_fold(data, "abmil", ["wsi"], {}, cfg, 0, tmp_path / "a", "abmil")
     train = [c for c, s in zip(data.case_ids, data.split_of) if s == "train" and data.wsi.has(c)]
     expected = np.concatenate([data.wsi.bag(c) for c in train]).mean(axis=0)
@@ -132,12 +160,17 @@ def test_wsi_features_centred_on_training_patches(tmp_path):
 
     shifted = copy.deepcopy(data)
     offset = np.linspace(5, 50, D).astype(np.float32)
-    shifted.wsi = WsiBags.from_arrays({c: [SlideBag(b.slide_id, b.features + offset, b.coords, 224)
-                                           for b in data.wsi.slide_bags(c)] for c in data.wsi.slides})
+    shifted.wsi = WsiBags.from_arrays(
+        {
+            c: [SlideBag(b.slide_id, b.features + offset, b.coords, 224) for b in data.wsi.slide_bags(c)]
+            for c in data.wsi.slides
+        }
+    )
     moved = train_fold(shifted, "abmil", ["wsi"], {}, cfg, 0, tmp_path / "b", "abmil")
     np.testing.assert_allclose(moved["risk"], frame["risk"], atol=1e-4)
-    uncentred = train_fold(shifted, "abmil", ["wsi"], {}, cfg.model_copy(update={"center_wsi_features": False}),
-                           0, tmp_path / "c", "abmil")
+    uncentred = train_fold(
+        shifted, "abmil", ["wsi"], {}, cfg.model_copy(update={"center_wsi_features": False}), 0, tmp_path / "c", "abmil"
+    )
     assert "wsi_center" not in load_model(tmp_path / "c" / "checkpoint.pt")[1]["state_dict"]
     assert not np.allclose(uncentred["risk"], frame["risk"], atol=1e-3)
 

@@ -16,8 +16,13 @@ import yaml
 
 CHEAP = {
     "training": {"epochs": 4, "batch_size": 16, "grad_accumulation": 1, "lr": 1e-3},
-    "models": {"healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"],
-                           "params": {"depth": 1, "token_dim": 8, "heads": 2, "self_heads": 2, "attn_dropout": 0.0}}},
+    "models": {
+        "healnet": {
+            "architecture": "healnet",
+            "modalities": ["wsi", "omics"],
+            "params": {"depth": 1, "token_dim": 8, "heads": 2, "self_heads": 2, "attn_dropout": 0.0},
+        }
+    },
 }
 
 
@@ -25,11 +30,29 @@ CHEAP = {
 def test_blca_omics_only_through_snakemake(repo, shared_data, tmp_path):
     tcga = shared_data / "tcga" / "blca"
     # the built-in blca cohort, omics only (wsi: false: no slide listed or fetched), from local tables
-    extra = {"cohorts": {"blca": {"clinical_omics": str(tcga / "clinical_omics.csv.zip"), "splits": str(tcga / "splits"),
-                                  "models": ["healnet"], "wsi": False}}, **CHEAP}
+    extra = {
+        "cohorts": {
+            "blca": {
+                "clinical_omics": str(tcga / "clinical_omics.csv.zip"),
+                "splits": str(tcga / "splits"),
+                "models": ["healnet"],
+                "wsi": False,
+            }
+        },
+        **CHEAP,
+    }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
-           "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", "results/blca/cindex.tsv"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--snakefile",
+        str(repo / "workflow" / "Snakefile"),
+        "--configfile",
+        str(repo / "config.yaml"),
+        "extra.yaml",
+        "--cores",
+        "2",
+        "results/blca/cindex.tsv",
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -10,9 +10,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_snakemake_lint_is_clean(repo):
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "--lint"], cwd=repo, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=repo, capture_output=True, text=True, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Lints for" not in out, out
@@ -35,8 +33,12 @@ def test_makefile_puts_the_venv_on_path(repo):
     """Rules and tests call `healnet` by name: a recipe that runs Snakemake, pytest or a benchmark must
     put the venv's bin on PATH, or `make demo` fails at its first rule in a shell without the venv."""
     lines = (repo / "Makefile").read_text().splitlines()
-    runs = [line for line in lines if line.startswith("\t") and any(
-        tool in line for tool in ("$(BIN)/snakemake", "$(BIN)/pytest", "$(BIN)/python $$f"))]
+    runs = [
+        line
+        for line in lines
+        if line.startswith("\t")
+        and any(tool in line for tool in ("$(BIN)/snakemake", "$(BIN)/pytest", "$(BIN)/python $$f"))
+    ]
     assert len(runs) >= 4, runs  # demo, test, bench, lint
     for line in runs:
         assert "PATH=$(abspath $(BIN)):$$PATH" in line, f"Makefile recipe without the venv on PATH: {line.strip()}"

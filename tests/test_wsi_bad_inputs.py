@@ -25,14 +25,38 @@ def stage(name: str, out, slide, slide_id: str, reading: str = SKIP, mpp: str = 
     log = out / f"{slide_id}.{name}.log"
     common = ["--log", str(log), "--slide", str(slide), "--reading", reading]
     if name == "tissue":
-        args = ["--slide-id", slide_id, "--mpp", mpp, "--geojson", str(out / f"{slide_id}.geojson"),
-                "--qc", str(out / f"{slide_id}.png")]
+        args = [
+            "--slide-id",
+            slide_id,
+            "--mpp",
+            mpp,
+            "--geojson",
+            str(out / f"{slide_id}.geojson"),
+            "--qc",
+            str(out / f"{slide_id}.png"),
+        ]
     elif name == "patches":
-        args = ["--slide-id", slide_id, "--tissue", str(out / f"{slide_id}.geojson"),
-                "--output", str(out / f"{slide_id}_p.zarr")]
+        args = [
+            "--slide-id",
+            slide_id,
+            "--tissue",
+            str(out / f"{slide_id}.geojson"),
+            "--output",
+            str(out / f"{slide_id}_p.zarr"),
+        ]
     else:
-        args = ["--patches", str(out / f"{slide_id}_p.zarr"), "--output", str(out / f"{slide_id}.zarr"),
-                "--encoder-name", "tiny", "--encoder", TINY, "--features", FEATS]
+        args = [
+            "--patches",
+            str(out / f"{slide_id}_p.zarr"),
+            "--output",
+            str(out / f"{slide_id}.zarr"),
+            "--encoder-name",
+            "tiny",
+            "--encoder",
+            TINY,
+            "--features",
+            FEATS,
+        ]
     return main([name, *common, *args])
 
 
@@ -44,7 +68,7 @@ def corrupt_tile(src, dst, level0_xy):
         per_row = -(-page.imagewidth // page.tilewidth)
         i = (level0_xy[1] // page.tilelength) * per_row + level0_xy[0] // page.tilewidth
         offset, count = page.dataoffsets[i], page.databytecounts[i]
-    data[offset: offset + count] = bytes(count)
+    data[offset : offset + count] = bytes(count)
     dst.write_bytes(bytes(data))
     return dst
 
@@ -113,30 +137,62 @@ def test_bad_inputs_skip_and_qc_table(slides, tmp_path):
     assert not (corrupt.coords == xy).all(axis=1).any() and (probe == xy).all(axis=1).any()
     assert json.loads((out / "corrupt.geojson").read_text())["healnet"]["status"] == "ok"
 
-    sheet = pd.DataFrame({"case_id": [f"C{i // 2}" for i in range(len(expected))], "slide_id": list(expected),
-                          "path": [str(slides[s][0]) for s in expected]})
+    sheet = pd.DataFrame(
+        {
+            "case_id": [f"C{i // 2}" for i in range(len(expected))],
+            "slide_id": list(expected),
+            "path": [str(slides[s][0]) for s in expected],
+        }
+    )
     sheet.to_csv(out / "sheet.tsv", sep="\t", index=False)
     stores = [str(out / f"{s}.zarr") for s in expected]
-    assert main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores,
-                 "--output", str(out / "slides.tsv")]) == 0
+    assert (
+        main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores, "--output", str(out / "slides.tsv")])
+        == 0
+    )
     table = pd.read_csv(out / "slides.tsv", sep="\t", keep_default_na=False)
-    assert list(table.columns) == ["slide_id", "case_id", "status", "reason", "mpp", "tissue_mm2", "n_patches",
-                                   "corrupt_tiles"]
+    assert list(table.columns) == [
+        "slide_id",
+        "case_id",
+        "status",
+        "reason",
+        "mpp",
+        "tissue_mm2",
+        "n_patches",
+        "corrupt_tiles",
+    ]
     assert table.set_index("slide_id")["status"].to_dict() == {k: v[0] for k, v in expected.items()}
     assert table.set_index("slide_id")["corrupt_tiles"].to_dict() == {k: int(k == "corrupt") for k in expected}
     good = table.set_index("slide_id").loc["good"]
     assert good["n_patches"] == 8 and float(good["mpp"]) == 0.5 and 0.08 < float(good["tissue_mm2"]) < 0.12
     assert table.set_index("slide_id").loc["nompp", "mpp"] == ""
     # a missing store is an error naming the slide
-    assert main(["slides-qc", "--sheet", str(out / "sheet.tsv"), "--stores", *stores[:-1],
-                 "--output", str(out / "x.tsv"), "--log", str(out / "qc.log")]) == 1
+    assert (
+        main(
+            [
+                "slides-qc",
+                "--sheet",
+                str(out / "sheet.tsv"),
+                "--stores",
+                *stores[:-1],
+                "--output",
+                str(out / "x.tsv"),
+                "--log",
+                str(out / "qc.log"),
+            ]
+        )
+        == 1
+    )
     assert "no feature store for slide(s) ['good']" in (out / "qc.log").read_text()
 
 
-@pytest.mark.parametrize("slide_id, words", [
-    ("unopenable", ["unopenable.tiff", "cannot be opened", "drop it from the sample sheet"]),
-    ("nompp", ["TCGA-CR-7395", "no mpp", "`mpp` column", "cohorts.<name>.mpp"]),
-])
+@pytest.mark.parametrize(
+    "slide_id, words",
+    [
+        ("unopenable", ["unopenable.tiff", "cannot be opened", "drop it from the sample sheet"]),
+        ("nompp", ["TCGA-CR-7395", "no mpp", "`mpp` column", "cohorts.<name>.mpp"]),
+    ],
+)
 def test_fail_mode_stops_with_cause_and_fix(slides, tmp_path, slide_id, words):
     path, mpp = slides[slide_id]
     assert stage("tissue", tmp_path, path, slide_id, reading=FAIL, mpp=mpp) == 1
@@ -170,7 +226,7 @@ def scramble_tiles(src, dst, level0_points, seed=0):
         for x, y in level0_points:
             i = (y // th) * per_row + x // tw
             at = page.dataoffsets[i] + page.databytecounts[i] // 4
-            data[at: at + 4000] = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+            data[at : at + 4000] = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
             boxes.append([x // tw * tw, y // th * th, tw, th])
     dst.write_bytes(bytes(data))
     return boxes
@@ -191,6 +247,7 @@ def test_scrambled_jpeg2000_tiles_drop_their_patches_or_fail_the_slide(slides, t
 
     def reads(xy, box):  # the patch's read window overlaps the tile
         return xy[0] < box[0] + box[2] and box[0] < xy[0] + read and xy[1] < box[1] + box[3] and box[1] < xy[1] + read
+
     keep = [xy for xy in probe.coords.tolist() if not any(reads(xy, b) for b in boxes)]
 
     for name in ("tissue", "patches", "features"):
@@ -200,8 +257,9 @@ def test_scrambled_jpeg2000_tiles_drop_their_patches_or_fail_the_slide(slides, t
     assert len(store.features) == len(keep) == len(probe.coords) - store.attrs["patches_on_corrupt_tiles"]
     assert store.attrs["corrupt_tiles"] == 10 and store.attrs["tile_check"] == "jpeg2000"
     assert sorted(store.attrs["corrupt_tile_boxes"]) == sorted(boxes)
-    assert store.attrs["reason"].startswith(f"{len(probe.coords) - len(keep)} patch(es) dropped: 10 corrupt tile(s) "
-                                            "at level 0 (level-0 top-left (")
+    assert store.attrs["reason"].startswith(
+        f"{len(probe.coords) - len(keep)} patch(es) dropped: 10 corrupt tile(s) at level 0 (level-0 top-left ("
+    )
 
     strict = config.SlideReading(on_slide_error="skip", on_corrupt_tiles="fail").model_dump_json()
     assert stage("patches", out, out / "s.svs", "s", reading=strict) == 0
@@ -237,8 +295,17 @@ def test_interrupted_write_is_cleaned_at_the_next_run(slides, tmp_path):
 
     slide, _ = slides["good"]
     assert stage("tissue", tmp_path, slide, "g") == 0
-    args = ["patches", "--slide", str(slide), "--slide-id", "g", "--tissue", str(tmp_path / "g.geojson"),
-            "--output", str(tmp_path / "g_p.zarr")]
+    args = [
+        "patches",
+        "--slide",
+        str(slide),
+        "--slide-id",
+        "g",
+        "--tissue",
+        str(tmp_path / "g.geojson"),
+        "--output",
+        str(tmp_path / "g_p.zarr"),
+    ]
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITE, *args], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".g_p.zarr.tmp-")]
@@ -249,5 +316,7 @@ def test_interrupted_write_is_cleaned_at_the_next_run(slides, tmp_path):
     assert main([*args, "--log", str(tmp_path / "again.log")]) == 0
     assert not any(p.name.startswith(".g_p.zarr.tmp-") for p in tmp_path.iterdir()) and other.exists()
     assert len(read_patch_store(tmp_path / "g_p.zarr").coords) == 8
-    assert f"removing {tmp_path / left[0]}, left by an interrupted write of g_p.zarr" in (
-        tmp_path / "again.log").read_text()
+    assert (
+        f"removing {tmp_path / left[0]}, left by an interrupted write of g_p.zarr"
+        in (tmp_path / "again.log").read_text()
+    )

@@ -23,8 +23,16 @@ FEATURES = config.Features(batch_size=16, num_workers=2, region_patches=2)
 
 def run_slide(path, slide_id, out, encoder=TINY, features=FEATURES, mpp=None):
     reading, patching = config.SlideReading(), config.Patching()
-    run_tissue(str(path), slide_id, out / f"{slide_id}.geojson", out / f"{slide_id}.png", reading, config.Tissue(),
-               patching, mpp)
+    run_tissue(
+        str(path),
+        slide_id,
+        out / f"{slide_id}.geojson",
+        out / f"{slide_id}.png",
+        reading,
+        config.Tissue(),
+        patching,
+        mpp,
+    )
     run_patches(str(path), slide_id, out / f"{slide_id}.geojson", out / f"{slide_id}_p.zarr", reading, patching)
     run_features(str(path), out / f"{slide_id}_p.zarr", out / f"{slide_id}.zarr", "tiny", encoder, features, reading)
     return read_feature_store(out / f"{slide_id}.zarr")
@@ -35,14 +43,15 @@ def test_same_tissue_at_025_and_05_gives_same_patches(tmp_path):
     coordinates x2), nearly equal features; also when the 40x pyramid has a 2x level to read from."""
     p0 = 448  # level-0 px of one 112 um patch at 0.25 um/px
     tissue = np.zeros((6 * p0, 8 * p0), bool)
-    tissue[p0: 5 * p0, p0: 7 * p0] = True  # 6 x 4 patches, edges on the 112 um grid
+    tissue[p0 : 5 * p0, p0 : 7 * p0] = True  # 6 x 4 patches, edges on the 112 um grid
     img40 = he_image(8 * p0, 6 * p0, 0.25, tissue, seed=3)
     import cv2
 
     img20 = cv2.resize(img40, (4 * p0, 3 * p0), interpolation=cv2.INTER_AREA)
     s40 = run_slide(write_slide(tmp_path / "x40.svs", img40, 0.25, "aperio", (1, 4, 16), quality=95), "x40", tmp_path)
-    s40b = run_slide(write_slide(tmp_path / "x40b.tiff", img40, 0.25, "generic", (1, 2, 8), quality=95), "x40b",
-                     tmp_path)
+    s40b = run_slide(
+        write_slide(tmp_path / "x40b.tiff", img40, 0.25, "generic", (1, 2, 8), quality=95), "x40b", tmp_path
+    )
     s20 = run_slide(write_slide(tmp_path / "x20.svs", img20, 0.5, "aperio", (1, 4, 16), quality=95), "x20", tmp_path)
     assert (s40.attrs["level"], s40.attrs["read_size"], s40.attrs["patch_size_level0"]) == (0, 448, 448)
     assert (s40b.attrs["level"], s40b.attrs["read_size"]) == (1, 224)
@@ -56,11 +65,13 @@ def test_same_tissue_at_025_and_05_gives_same_patches(tmp_path):
     assert rel["x40"].max() < 0.05 and rel["x40b"].max() < 0.05, rel
     # Not vacuous: the same places read at the wrong magnification (224 level-0 px of the 40x scan,
     # i.e. 0.25 um/px) give clearly different features.
-    wrong = PatchGeometry(**{**{k: s40.attrs[k] for k in PatchGeometry.__dataclass_fields__},
-                             "read_size": 224, "patch_size_level0": 224})
+    wrong = PatchGeometry(
+        **{**{k: s40.attrs[k] for k in PatchGeometry.__dataclass_fields__}, "read_size": 224, "patch_size_level0": 224}
+    )
     encoder, _ = build_encoder("tiny", TINY)
-    feats, _ = extract_features(str(tmp_path / "x40.svs"), s40.coords, wrong, encoder, FEATURES,
-                                torch.device("cpu"), None)
+    feats, _ = extract_features(
+        str(tmp_path / "x40.svs"), s40.coords, wrong, encoder, FEATURES, torch.device("cpu"), None
+    )
     rel_wrong = np.linalg.norm(feats - s20.features, axis=1) / np.linalg.norm(s20.features, axis=1)
     assert rel_wrong.min() > 3 * rel["x40"].max(), (rel_wrong.min(), rel["x40"].max())  # 0.036 vs 0.009
 
@@ -121,8 +132,15 @@ def test_resnet50_trunc_matches_direct_timm_forward(shared_data, tmp_path):
     geo = patch_geometry(0.499, (1.0,), config.Patching())
     write_patch_store(tmp_path / "p.zarr", coords, {"status": "ok", "slide_id": "cmu", "mpp": 0.499, **geo.to_dict()})
     enc = config.Encoder(pretrained=False)  # resnet50.tv_in1k up to layer3
-    run_features(str(path), tmp_path / "p.zarr", tmp_path / "f.zarr", "resnet50_trunc", enc,
-                 config.Features(batch_size=3, num_workers=1, device="cpu", precision="fp32"), config.SlideReading())
+    run_features(
+        str(path),
+        tmp_path / "p.zarr",
+        tmp_path / "f.zarr",
+        "resnet50_trunc",
+        enc,
+        config.Features(batch_size=3, num_workers=1, device="cpu", precision="fp32"),
+        config.SlideReading(),
+    )
     store = read_feature_store(tmp_path / "f.zarr")
     assert store.features.shape == (4, 1024) and store.features.dtype == np.float32
     np.testing.assert_array_equal(store.coords, coords)
@@ -135,8 +153,9 @@ def test_resnet50_trunc_matches_direct_timm_forward(shared_data, tmp_path):
         torch.manual_seed(0)
         direct = timm.create_model("resnet50.tv_in1k", pretrained=False, features_only=True, out_indices=(3,)).eval()
     with Slide(path) as slide:
-        x = torch.stack([torch.from_numpy(slide.read(tuple(c), 0, (224, 224))).permute(2, 0, 1).float() / 255
-                         for c in coords])
+        x = torch.stack(
+            [torch.from_numpy(slide.read(tuple(c), 0, (224, 224))).permute(2, 0, 1).float() / 255 for c in coords]
+        )
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -160,7 +179,9 @@ def test_encoder_identity_and_errors(tmp_path):
     torch.manual_seed(5)
     ref = timm.create_model("resnet18", pretrained=False)
     torch.save(ref.state_dict(), tmp_path / "w.pth")
-    from_file, info = build_encoder("f", TINY.model_copy(update={"pretrained": True, "weights": str(tmp_path / "w.pth")}))
+    from_file, info = build_encoder(
+        "f", TINY.model_copy(update={"pretrained": True, "weights": str(tmp_path / "w.pth")})
+    )
     assert info.source == "file" and not info.random
     assert info.sha256 == hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
     torch.testing.assert_close(from_file.backbone.state_dict()["conv1.weight"], ref.state_dict()["conv1.weight"])

@@ -29,15 +29,18 @@ def scramble(buf: bytes, rng, n: int = 4000) -> bytes:
     """`n` random bytes (at most half the tile) written over its middle, headers and end intact."""
     data = bytearray(buf)
     at, n = len(data) // 4, min(n, len(data) // 2)
-    data[at:at + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    data[at : at + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
     return bytes(data)
 
 
-@pytest.mark.parametrize("name, page, check", [
-    ("TCGA-CR-7395-01A-01-TS1.svs", 0, check_jpeg2000),   # JPEG 2000 (33005), both levels
-    ("TCGA-CR-7395-01A-01-TS1.svs", 2, check_jpeg2000),
-    ("CMU-1-Small-Region.svs", 0, check_jpeg),             # JPEG with tables in the TIFF
-])
+@pytest.mark.parametrize(
+    "name, page, check",
+    [
+        ("TCGA-CR-7395-01A-01-TS1.svs", 0, check_jpeg2000),  # JPEG 2000 (33005), both levels
+        ("TCGA-CR-7395-01A-01-TS1.svs", 2, check_jpeg2000),
+        ("CMU-1-Small-Region.svs", 0, check_jpeg),  # JPEG with tables in the TIFF
+    ],
+)
 def test_no_false_alarm_on_real_tiles(shared_data, name, page, check):
     bufs, _ = tiles(shared_data / "slides" / name, page)
     assert len(bufs) > 60 and [check(b) for b in bufs] == [None] * len(bufs)
@@ -68,7 +71,7 @@ def test_direct_jpeg_decoder_is_silent_where_the_check_is_not(shared_data, tmp_p
     with tifffile.TiffFile(src) as tif:
         offset = tif.pages[0].dataoffsets[i]
     bad = scramble(bufs[i], np.random.default_rng(1))
-    data[offset:offset + len(bad)] = bad
+    data[offset : offset + len(bad)] = bad
     (tmp_path / "c.svs").write_bytes(bytes(data))
     ty, tx = divmod(i, per_row)
     with Slide(tmp_path / "c.svs") as slide, Slide(src) as good:

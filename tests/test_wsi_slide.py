@@ -14,15 +14,26 @@ from healnet.wsi.synthetic import he_image, write_slide
 @pytest.mark.parametrize(
     "props, sheet, cohort, expected, source",
     [
-        ({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25", "aperio.MPP": "0.5"}, 0.4, 0.3, 0.25, "openslide.mpp-x/y"),
+        (
+            {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25", "aperio.MPP": "0.5"},
+            0.4,
+            0.3,
+            0.25,
+            "openslide.mpp-x/y",
+        ),
         ({"aperio.MPP": "0.5"}, 0.4, None, 0.5, "aperio.MPP"),
         ({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}, None, None, 0.25, "tiff resolution"),
         ({"tiff.XResolution": "50800", "tiff.ResolutionUnit": "inch"}, None, None, 0.5, "tiff resolution"),
         ({"tiff.ResolutionUnit": "inch"}, 0.26, 0.3, 0.26, "sample sheet"),  # unit without a value: unknown
         ({}, None, 0.3, 0.3, "cohort override"),
         # the 72-dpi default of a plain TIFF (352 um/px, as in openslide's boxes.tiff) is not a resolution
-        ({"openslide.mpp-x": "352.78", "tiff.XResolution": "28.35", "tiff.ResolutionUnit": "centimeter"},
-         0.5, None, 0.5, "sample sheet"),
+        (
+            {"openslide.mpp-x": "352.78", "tiff.XResolution": "28.35", "tiff.ResolutionUnit": "centimeter"},
+            0.5,
+            None,
+            0.5,
+            "sample sheet",
+        ),
     ],
 )
 def test_mpp_resolution_order(props, sheet, cohort, expected, source):
@@ -70,8 +81,8 @@ def test_unopenable_real_files(shared_data, name):
 def test_choose_level():
     ds = (1.0, 2.0005, 4.0, 16.0)
     assert choose_level(ds, 1.002, 0.1) == 0
-    assert choose_level(ds, 2.0, 0.1) == 1          # 2.0005 is within tolerance
-    assert choose_level(ds, 1.8, 0.1) == 0          # 2.0005 > 1.98: too coarse
+    assert choose_level(ds, 2.0, 0.1) == 1  # 2.0005 is within tolerance
+    assert choose_level(ds, 1.8, 0.1) == 0  # 2.0005 > 1.98: too coarse
     assert choose_level(ds, 3.9, 0.1) == 2
     assert choose_level(ds, 100.0, 0.1) == 3
 
@@ -109,15 +120,20 @@ def test_direct_tiles_identical_to_openslide(shared_data, tmp_path):
     """The fast tile path reads exactly OpenSlide's pixels (edges and outside the image included) and
     is only used where it applies (not for the JPEG 2000 TCGA slide)."""
     img = he_image(700, 500, 0.25, seed=2)
-    cases = [(shared_data / "slides/CMU-1-Small-Region.svs", 0),
-             (write_slide(tmp_path / "g.tiff", img, 0.25, "generic", downsamples=(1, 2)), 1)]
+    cases = [
+        (shared_data / "slides/CMU-1-Small-Region.svs", 0),
+        (write_slide(tmp_path / "g.tiff", img, 0.25, "generic", downsamples=(1, 2)), 1),
+    ]
     for path, level in cases:
         fast, plain = Slide(path), Slide(path, direct_tiles=False)
         assert fast.tiles is not None and level in fast.tiles.pages and plain.tiles is None
         ds = int(fast.level_downsamples[level])
         w, h = fast.dimensions
-        for loc, size in [((100 * ds, 36 * ds), (300, 200)), ((-20 * ds, -10 * ds), (64, 48)),
-                          ((w - 50 * ds, h - 30 * ds), (120, 90))]:
+        for loc, size in [
+            ((100 * ds, 36 * ds), (300, 200)),
+            ((-20 * ds, -10 * ds), (64, 48)),
+            ((w - 50 * ds, h - 30 * ds), (120, 90)),
+        ]:
             np.testing.assert_array_equal(fast.read(loc, level, size), plain.read(loc, level, size))
     assert Slide(shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs").tiles is None
 
@@ -129,7 +145,7 @@ def test_corrupt_jpeg_tile_is_a_slide_error(shared_data, tmp_path):
     data = bytearray(src.read_bytes())
     with tifffile.TiffFile(src) as tif:
         offset, count = tif.pages[0].dataoffsets[60], tif.pages[0].databytecounts[60]
-    data[offset + 20: offset + count - 2] = bytes(count - 22)
+    data[offset + 20 : offset + count - 2] = bytes(count - 22)
     (tmp_path / "c.svs").write_bytes(bytes(data))
     for direct in (True, False):
         slide = Slide(tmp_path / "c.svs", direct_tiles=direct)
@@ -152,8 +168,26 @@ def test_tissue_stage_records_where_the_mpp_came_from(tmp_path):
 
     def tissue_meta(name: str, sheet: str, cohort: str) -> dict:
         geojson = tmp_path / f"{name}.geojson"
-        assert main(["tissue", "--slide", str(path), "--slide-id", name, "--mpp", sheet, "--cohort-mpp", cohort,
-                     "--geojson", str(geojson), "--qc", str(tmp_path / f"{name}.png")]) == 0
+        assert (
+            main(
+                [
+                    "tissue",
+                    "--slide",
+                    str(path),
+                    "--slide-id",
+                    name,
+                    "--mpp",
+                    sheet,
+                    "--cohort-mpp",
+                    cohort,
+                    "--geojson",
+                    str(geojson),
+                    "--qc",
+                    str(tmp_path / f"{name}.png"),
+                ]
+            )
+            == 0
+        )
         return json.loads(geojson.read_text())["healnet"]
 
     cohort = tissue_meta("cohort", "", "0.5")

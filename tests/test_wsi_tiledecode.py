@@ -37,8 +37,10 @@ def both_paths(path, coords, geo, features=FEATURES):
     plan, why = jpeg_plan(str(path), geo.level, CPU)
     assert plan is not None, why
     out = {}
-    for name, it in (("cpu", iter_patches(str(path), coords, geo, features)),
-                     ("tiles", iter_device_patches(str(path), coords, geo, features, plan))):
+    for name, it in (
+        ("cpu", iter_patches(str(path), coords, geo, features)),
+        ("tiles", iter_device_patches(str(path), coords, geo, features, plan)),
+    ):
         imgs = np.zeros((len(coords), geo.patch_size, geo.patch_size, 3), np.uint8)
         seen = np.zeros(len(coords), int)
         for idx, batch in it:
@@ -53,8 +55,10 @@ def both_paths(path, coords, geo, features=FEATURES):
 def slide40(tmp_path_factory):
     img = he_image(2000, 1500, 0.25, seed=1)
     root = tmp_path_factory.mktemp("s40")
-    return (write_slide(root / "a40.svs", img, 0.25, "aperio", (1, 4, 16)),
-            write_slide(root / "g40.tiff", img, 0.25, "generic", (1, 2, 8)))
+    return (
+        write_slide(root / "a40.svs", img, 0.25, "aperio", (1, 4, 16)),
+        write_slide(root / "g40.tiff", img, 0.25, "generic", (1, 2, 8)),
+    )
 
 
 def test_real_aperio_rgb_jpeg_with_tables_same_pixels(shared_data):
@@ -62,8 +66,10 @@ def test_real_aperio_rgb_jpeg_with_tables_same_pixels(shared_data):
     marker saying so. Patches inside and across the right / bottom image edge (white there)."""
     path = shared_data / "slides/CMU-1-Small-Region.svs"
     geo = patch_geometry(0.499, (1.0,), config.Patching())
-    coords = np.array([[x, y] for y in range(0, 2967, 448) for x in range(0, 2220, 448)]
-                      + [[2100, 2850], [2000, 100], [100, 2800]], np.int64)
+    coords = np.array(
+        [[x, y] for y in range(0, 2967, 448) for x in range(0, 2220, 448)] + [[2100, 2850], [2000, 100], [100, 2800]],
+        np.int64,
+    )
     cpu, tiles, plan = both_paths(path, coords, geo)
     assert plan.layout.prefix.startswith(b"\xff\xd8" + ADOBE_RGB) and (plan.check_mean, plan.check_max) == (0, 0)
     diff = np.abs(cpu.astype(int) - tiles.astype(int))
@@ -139,8 +145,9 @@ def test_decode_switch(shared_data, slide40):
     assert plan is None and "not JPEG (TIFF compression 33005" in why
     plan, why = jpeg_plan(str(shared_data / "slides/test3-DAPI-2-387.ndpi"), 0, CPU)
     assert plan is None and "hamamatsu" in why
-    lossless = write_slide(slide40[0].parent / "lzw.tiff", he_image(512, 512, 0.25), 0.25, "generic", (1,),
-                           compression="zlib")
+    lossless = write_slide(
+        slide40[0].parent / "lzw.tiff", he_image(512, 512, 0.25), 0.25, "generic", (1,), compression="zlib"
+    )
     plan, why = jpeg_plan(str(lossless), 0, CPU)
     assert plan is None and "not JPEG" in why
     with pytest.raises(Exception, match="decode"):

@@ -24,12 +24,17 @@ def scene(um_per_px: float, seed: int = 0) -> tuple[np.ndarray, dict]:
     s = 1 / um_per_px  # px per um
     tissue = np.zeros((h, w), np.uint8)
     cv2.ellipse(tissue, (round(900 * s), round(800 * s)), (round(640 * s), round(480 * s)), 0, 0, 360, 1, -1)
-    cv2.circle(tissue, (round(900 * s), round(800 * s)), round(160 * s), 0, -1)   # hole: 80,400 um^2
-    cv2.circle(tissue, (round(500 * s), round(800 * s)), round(40 * s), 0, -1)    # hole: 5,000 um^2 -> filled
-    cv2.circle(tissue, (round(2100 * s), round(300 * s)), round(48 * s), 1, -1)   # speck: 7,200 um^2 -> dropped
+    cv2.circle(tissue, (round(900 * s), round(800 * s)), round(160 * s), 0, -1)  # hole: 80,400 um^2
+    cv2.circle(tissue, (round(500 * s), round(800 * s)), round(40 * s), 0, -1)  # hole: 5,000 um^2 -> filled
+    cv2.circle(tissue, (round(2100 * s), round(300 * s)), round(48 * s), 1, -1)  # speck: 7,200 um^2 -> dropped
     rgb = he_image(w, h, um_per_px, tissue.astype(bool), seed=seed)
-    cv2.line(rgb, (round(1800 * s), round(1000 * s)), (round(2300 * s), round(1500 * s)), (30, 160, 60),
-             max(1, round(60 * s)))                                                 # green pen
+    cv2.line(
+        rgb,
+        (round(1800 * s), round(1000 * s)),
+        (round(2300 * s), round(1500 * s)),
+        (30, 160, 60),
+        max(1, round(60 * s)),
+    )  # green pen
     cv2.circle(rgb, (round(2000 * s), round(700 * s)), round(120 * s), (15, 15, 15), -1)  # black dirt
     expected = {"tissue": np.pi * 640 * 480 - np.pi * 160**2, "hole": np.pi * 160**2}
     return rgb, expected
@@ -76,12 +81,12 @@ def test_geojson_round_trip_level0():
 
 def test_grid_fraction_threshold():
     mask = np.zeros((100, 100), np.uint8)
-    mask[:, :50] = 1        # left half tissue at scale 1/4 (level-0 400 x 400)
+    mask[:, :50] = 1  # left half tissue at scale 1/4 (level-0 400 x 400)
     coords, frac = grid_fractions(mask, (0.25, 0.25), (400, 400), 40)
     assert len(coords) == 100 and frac.reshape(10, 10)[0].tolist() == [1.0] * 5 + [0.0] * 5
     kept = patch_grid(mask, (0.25, 0.25), (400, 400), 40, 0.5)
     assert len(kept) == 50 and kept[:, 0].max() == 160 and (kept % 40 == 0).all()
-    mask[:, 50:55] = 1      # cells of column 5 are now half tissue
+    mask[:, 50:55] = 1  # cells of column 5 are now half tissue
     assert len(patch_grid(mask, (0.25, 0.25), (400, 400), 40, 0.5)) == 60
     assert len(patch_grid(mask, (0.25, 0.25), (400, 400), 40, 0.6)) == 50
 
@@ -107,11 +112,12 @@ def test_cmu_patch_grid_within_tissue(shared_data, tmp_path):
     data = T.read_tissue_geojson(tmp_path / "cmu.geojson")
     scale = (0.125, 0.125)
     mask = T.mask_from_polygons(T.polygons_from_geojson(data, scale), (round(2967 / 8), round(2220 / 8)))
-    fracs = [mask[round(y / 8): round((y + 224) / 8), round(x / 8): round((x + 224) / 8)].mean() for x, y in c]
+    fracs = [mask[round(y / 8) : round((y + 224) / 8), round(x / 8) : round((x + 224) / 8)].mean() for x, y in c]
     assert min(fracs) >= 0.45
 
 
 # --- brightfield check -------------------------------------------------------------------------------
+
 
 def test_fluorescence_slide_fails_brightfield_check(shared_data, tmp_path):
     """The real DAPI NDPI (nuclei on black): status failed with the measured reason, no polygons, the QC
@@ -120,8 +126,10 @@ def test_fluorescence_slide_fails_brightfield_check(shared_data, tmp_path):
     reading, tissue, patching = config.SlideReading(), config.Tissue(), config.Patching()
     meta = run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png", reading, tissue, patching)
     assert meta["status"] == "failed"
-    assert meta["reason"].startswith("not a brightfield slide: dark background (grey 10 where the slide is least "
-                                     "coloured < tissue.min_background_grey 100")
+    assert meta["reason"].startswith(
+        "not a brightfield slide: dark background (grey 10 where the slide is least "
+        "coloured < tissue.min_background_grey 100"
+    )
     assert meta["brightfield"]["background_grey"] == 10.0 and meta["mpp"] == pytest.approx(0.2282, abs=1e-4)
     data = T.read_tissue_geojson(tmp_path / "d.geojson")
     assert data["features"] == [] and data["healnet"]["status"] == "failed"
@@ -138,18 +146,29 @@ def test_fluorescence_option_detects_signal_on_black(shared_data, tmp_path):
     background (triangle threshold). The DAPI section fills most of its 0.9 x 1.1 mm field."""
     slide = shared_data / "slides/test3-DAPI-2-387.ndpi"
     tissue = config.Tissue(slide_type="fluorescence")
-    meta = run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png", config.SlideReading(), tissue,
-                      config.Patching())
+    meta = run_tissue(
+        str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png", config.SlideReading(), tissue, config.Patching()
+    )
     assert meta["status"] == "ok" and "brightfield" not in meta
     assert 0.6 < meta["tissue_mm2"] < 0.9 and meta["n_patches_preview"] > 40
 
 
 def test_fail_mode_stops_on_a_fluorescence_slide(shared_data, tmp_path):
     slide = shared_data / "slides/test3-DAPI-2-387.ndpi"
-    with pytest.raises(RuntimeError, match=r"test3-DAPI-2-387.ndpi.*not a brightfield slide.*"
-                                           r"tissue.slide_type: fluorescence"):
-        run_tissue(str(slide), "dapi", tmp_path / "d.geojson", tmp_path / "d.png",
-                   config.SlideReading(on_slide_error="fail"), config.Tissue(), config.Patching())
+    with pytest.raises(
+        RuntimeError,
+        match=r"test3-DAPI-2-387.ndpi.*not a brightfield slide.*"
+        r"tissue.slide_type: fluorescence",
+    ):
+        run_tissue(
+            str(slide),
+            "dapi",
+            tmp_path / "d.geojson",
+            tmp_path / "d.png",
+            config.SlideReading(on_slide_error="fail"),
+            config.Tissue(),
+            config.Patching(),
+        )
     assert not (tmp_path / "d.geojson").exists()
 
 
@@ -174,7 +193,15 @@ def test_brightfield_check_on_stain_colour():
 
 def test_good_slide_passes_brightfield_check(shared_data, tmp_path):
     """The real H&E slides keep their results: the check passes with light glass."""
-    meta = run_tissue(str(shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs"), "tcga", tmp_path / "t.geojson",
-                      tmp_path / "t.png", config.SlideReading(), config.Tissue(), config.Patching(), mpp=0.3)
+    meta = run_tissue(
+        str(shared_data / "slides/TCGA-CR-7395-01A-01-TS1.svs"),
+        "tcga",
+        tmp_path / "t.geojson",
+        tmp_path / "t.png",
+        config.SlideReading(),
+        config.Tissue(),
+        config.Patching(),
+        mpp=0.3,
+    )
     assert meta["status"] == "ok" and meta["brightfield"]["background_grey"] == 255.0
     assert meta["brightfield"]["offstain_fraction"] == 0.0 and meta["tissue_mm2"] == pytest.approx(0.90, abs=0.01)

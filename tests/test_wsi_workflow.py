@@ -24,12 +24,14 @@ def test_snakemake_wsi_rules(repo, shared_data, tmp_path):
     write_slide(tmp_path / "good.svs", image, 0.5, downsamples=(1, 4))
     write_slide(tmp_path / "nompp.tiff", image[:, ::-1], None, "generic", downsamples=(1, 4))
     write_slide(tmp_path / "nompp2.tiff", image[::-1], None, "generic", downsamples=(1, 4))
-    pd.DataFrame({
-        "case_id": ["P1", "P2", "P3", "P4"],
-        "slide_id": ["good", "sheet_mpp", "cohort_mpp", "broken"],
-        "path": ["good.svs", "nompp.tiff", "nompp2.tiff", str(shared_data / "slides/synthetic/unopenable.tiff")],
-        "mpp": [None, 0.5, None, None],
-    }).to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "case_id": ["P1", "P2", "P3", "P4"],
+            "slide_id": ["good", "sheet_mpp", "cohort_mpp", "broken"],
+            "path": ["good.svs", "nompp.tiff", "nompp2.tiff", str(shared_data / "slides/synthetic/unopenable.tiff")],
+            "mpp": [None, 0.5, None, None],
+        }
+    ).to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
     (tmp_path / "extra.yaml").write_text(
         "cohorts:\n"
         "  wsitest: {slides: slides.tsv, encoder: tiny, mpp: 0.5}\n"
@@ -38,14 +40,23 @@ def test_snakemake_wsi_rules(repo, shared_data, tmp_path):
         "features: {batch_size: 16, num_workers: 1}\n"
     )
     cmd = [
-        str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"),
-        "--configfile", str(repo / "config.yaml"), "extra.yaml", "--cores", "2", "results/wsitest/qc/slides.tsv",
+        str(Path(sys.executable).parent / "snakemake"),
+        "--snakefile",
+        str(repo / "workflow" / "Snakefile"),
+        "--configfile",
+        str(repo / "config.yaml"),
+        "extra.yaml",
+        "--cores",
+        "2",
+        "results/wsitest/qc/slides.tsv",
     ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the rules call `healnet`
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    table = pd.read_csv(tmp_path / "results/wsitest/qc/slides.tsv", sep="\t", keep_default_na=False).set_index("slide_id")
+    table = pd.read_csv(tmp_path / "results/wsitest/qc/slides.tsv", sep="\t", keep_default_na=False).set_index(
+        "slide_id"
+    )
     assert table["status"].to_dict() == {"good": "ok", "sheet_mpp": "ok", "cohort_mpp": "ok", "broken": "failed"}
     assert table["n_patches"].to_dict() == {"good": 8, "sheet_mpp": 8, "cohort_mpp": 8, "broken": 0}
     assert float(table.loc["sheet_mpp", "mpp"]) == 0.5 and table.loc["broken", "mpp"] == ""

@@ -55,8 +55,9 @@ class ManifestQuery:
     @classmethod
     def of_cohort(cls, cohort: Cohort) -> ManifestQuery:
         """The query a cohort's config asks for (gdc_project, gdc_cases, gdc_max_files)."""
-        return cls(cohort.gdc_project or "", sorted(cohort.gdc_cases) if cohort.gdc_cases else None,
-                   cohort.gdc_max_files)
+        return cls(
+            cohort.gdc_project or "", sorted(cohort.gdc_cases) if cohort.gdc_cases else None, cohort.gdc_max_files
+        )
 
     def cli_args(self) -> str:
         """`healnet gdc-manifest` arguments besides --project: which slides the manifest lists."""
@@ -126,16 +127,27 @@ def _base(cfg: Gdc) -> str:
 
 def project_exists(cfg: Gdc, project: str, session: requests.Session | None = None) -> bool:
     body = {"filters": in_filter("project_id", [project]), "fields": "project_id", "size": 1, "format": "JSON"}
-    reply = request_json(session or session_for(cfg), "POST", f"{_base(cfg)}/projects", policy_of(cfg),
-                         f"GDC project lookup {project}", json=body)
+    reply = request_json(
+        session or session_for(cfg),
+        "POST",
+        f"{_base(cfg)}/projects",
+        policy_of(cfg),
+        f"GDC project lookup {project}",
+        json=body,
+    )
     return int(reply["data"]["pagination"]["total"]) > 0
 
 
 def _hit_row(hit: dict[str, Any]) -> dict[str, Any] | None:
     cases = {c.get("submitter_id") for c in hit.get("cases") or []} - {None}
     if len(cases) != 1:
-        log.warning("GDC file %s (%s) belongs to %d cases %s; skipped (a slide has one patient)",
-                    hit.get("file_id"), hit.get("file_name"), len(cases), sorted(cases))
+        log.warning(
+            "GDC file %s (%s) belongs to %d cases %s; skipped (a slide has one patient)",
+            hit.get("file_id"),
+            hit.get("file_name"),
+            len(cases),
+            sorted(cases),
+        )
         return None
     return {
         "file_id": hit["file_id"],
@@ -162,8 +174,9 @@ def query_manifest(cfg: Gdc, query: ManifestQuery, session: requests.Session | N
             "from": start,
             "sort": "file_name:asc",
         }
-        reply = request_json(session, "POST", f"{_base(cfg)}/files", policy, f"GDC files query {query.project}",
-                             json=body)
+        reply = request_json(
+            session, "POST", f"{_base(cfg)}/files", policy, f"GDC files query {query.project}", json=body
+        )
         try:
             data = reply["data"]
             hits, total = data["hits"], int(data["pagination"]["total"])
@@ -195,8 +208,12 @@ def query_manifest(cfg: Gdc, query: ManifestQuery, session: requests.Session | N
     if query.cases:
         absent = sorted(set(query.cases) - set(manifest["case_id"]))
         if absent:
-            log.warning("GDC %s: no diagnostic slide for %d requested case(s): %s", query.project, len(absent),
-                        ", ".join(absent[:20]) + (" ..." if len(absent) > 20 else ""))
+            log.warning(
+                "GDC %s: no diagnostic slide for %d requested case(s): %s",
+                query.project,
+                len(absent),
+                ", ".join(absent[:20]) + (" ..." if len(absent) > 20 else ""),
+            )
     return manifest.sort_values(["case_id", "file_name"], ignore_index=True)
 
 
@@ -213,8 +230,10 @@ def write_manifest(manifest: pd.DataFrame, query: ManifestQuery, path: str | Pat
 def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GDC manifest {path} does not exist; build it with `healnet gdc-manifest` "
-                                "or `snakemake data/<cohort>/gdc_manifest.tsv`")
+        raise FileNotFoundError(
+            f"GDC manifest {path} does not exist; build it with `healnet gdc-manifest` "
+            "or `snakemake data/<cohort>/gdc_manifest.tsv`"
+        )
     manifest = pd.read_csv(path, sep="\t", dtype={"file_id": str, "file_name": str, "md5sum": str, "case_id": str})
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
@@ -247,11 +266,13 @@ def slide_id_of(file_name: str) -> str:
 def manifest_to_sheet(manifest: pd.DataFrame, slides_dir: str | Path, check_files: bool = True) -> pd.DataFrame:
     """The cohort's sample sheet: one row per downloaded slide, paths inside `slides_dir`."""
     slides_dir = Path(slides_dir)
-    sheet = pd.DataFrame({
-        "case_id": manifest["case_id"],
-        "slide_id": manifest["file_name"].map(slide_id_of),
-        "path": [str(slides_dir / name) for name in manifest["file_name"]],
-    })
+    sheet = pd.DataFrame(
+        {
+            "case_id": manifest["case_id"],
+            "slide_id": manifest["file_name"].map(slide_id_of),
+            "path": [str(slides_dir / name) for name in manifest["file_name"]],
+        }
+    )
     if check_files:
         absent = [p for p in sheet["path"] if not Path(p).is_file()]
         if absent:
@@ -263,7 +284,11 @@ def manifest_to_sheet(manifest: pd.DataFrame, slides_dir: str | Path, check_file
 
 
 def download_slide(
-    cfg: Gdc, file_id: str, dest: str | Path, md5sum: str, file_size: int | None = None,
+    cfg: Gdc,
+    file_id: str,
+    dest: str | Path,
+    md5sum: str,
+    file_size: int | None = None,
     session: requests.Session | None = None,
 ) -> Path:
     """One GDC file to `dest`, resumable and md5-verified (see healnet.acquire.http.download)."""

@@ -165,10 +165,20 @@ def _fetch_once(
                 log.info("%s: server ignored the Range request; downloading from the start", what)
             offset, mode = 0, "wb"
         total = size if size is not None else _content_length(response, offset)
-        with open(part, mode) as fh, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=what, mininterval=1.0, disable=None, leave=False,
-        ) as bar:
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=what,
+                mininterval=1.0,
+                disable=None,
+                leave=False,
+            ) as bar,
+        ):
             for block in response.iter_content(NET_CHUNK):
                 fh.write(block)
                 bar.update(len(block))
@@ -234,6 +244,12 @@ def download(
     os.replace(part, dest)
     seconds = max(time.monotonic() - started, 1e-6)
     fetched = dest.stat().st_size - start_bytes
-    log.info("%s: %s verified, %.1f MB in %.1f s (%.1f MB/s)", dest, algorithm, fetched / 1e6, seconds,
-             fetched / 1e6 / seconds)
+    log.info(
+        "%s: %s verified, %.1f MB in %.1f s (%.1f MB/s)",
+        dest,
+        algorithm,
+        fetched / 1e6,
+        seconds,
+        fetched / 1e6 / seconds,
+    )
     return dest

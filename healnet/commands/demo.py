@@ -29,8 +29,20 @@ def run(args: argparse.Namespace) -> None:
         "demo cohort in %s: %d patients, %d slides (%d Aperio SVS 0.25 um/px, %d TIFF 0.5 um/px), "
         "%d with two slides, %d without slides, %d without omics; censored %.0f%%; months %.1f-%.1f; "
         "c-index of true risk %.3f (slide part %.3f, omics part %.3f); %.1f MB on disk; %.1f s",
-        args.outdir, s["patients"], s["slides"], s["svs_slides"], s["slides"] - s["svs_slides"], s["two_slides"],
-        s["no_slide"], s["no_omics"], 100 * s["censored_fraction"], s["months_min"], s["months_max"],
-        s["cindex_risk"], s["cindex_risk_wsi"], s["cindex_risk_omics"], s["disk_bytes"] / 1e6,
+        args.outdir,
+        s["patients"],
+        s["slides"],
+        s["svs_slides"],
+        s["slides"] - s["svs_slides"],
+        s["two_slides"],
+        s["no_slide"],
+        s["no_omics"],
+        100 * s["censored_fraction"],
+        s["months_min"],
+        s["months_max"],
+        s["cindex_risk"],
+        s["cindex_risk_wsi"],
+        s["cindex_risk_omics"],
+        s["disk_bytes"] / 1e6,
         time.perf_counter() - start,
     )

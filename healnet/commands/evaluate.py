@@ -31,8 +31,16 @@ def open_cohort(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     training = parse_params(args.training, Training)
-    return CohortRuns.from_files(args.models_dir, args.fold_files, args.labels, args.omics, args.features, args.sheet,
-                                 training.cache_gb, str(resolve_device(training.device)))
+    return CohortRuns.from_files(
+        args.models_dir,
+        args.fold_files,
+        args.labels,
+        args.omics,
+        args.features,
+        args.sheet,
+        training.cache_gb,
+        str(resolve_device(training.device)),
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +58,9 @@ def run(args: argparse.Namespace) -> None:
     from healnet.evaluate import evaluate_cohort
 
     cohort = open_cohort(args)
-    table = evaluate_cohort(args.models, cohort, parse_params(args.params, Evaluation), args.cindex, args.missing,
-                            args.inspect)
+    table = evaluate_cohort(
+        args.models, cohort, parse_params(args.params, Evaluation), args.cindex, args.missing, args.inspect
+    )
     if args.versions:  # beside cindex.tsv, so the table can be traced to its software
         from healnet.stack import write_versions
 

@@ -13,8 +13,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="that encoder's config (JSON)")
     p.add_argument("--features", help="features config section (JSON)")
     p.add_argument("--reading", help="slide_reading config section (JSON)")
-    p.add_argument("--threads", type=int, help="cores granted to this job (Snakemake's {threads}): the readers "
-                   "are capped at threads - 1, one core staying with the main process")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="cores granted to this job (Snakemake's {threads}): the readers "
+        "are capped at threads - 1, one core staying with the main process",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -25,8 +29,15 @@ def run(args: argparse.Namespace) -> None:
     features = parse_params(args.features, config.Features)
     if args.threads is not None:
         features = fit_to_threads(features, args.threads)
-    run_features(args.slide, args.patches, args.output, args.encoder_name, parse_params(args.encoder, config.Encoder),
-                 features, parse_params(args.reading, config.SlideReading))
+    run_features(
+        args.slide,
+        args.patches,
+        args.output,
+        args.encoder_name,
+        parse_params(args.encoder, config.Encoder),
+        features,
+        parse_params(args.reading, config.SlideReading),
+    )
 
 
 def fit_to_threads(features, threads: int):
@@ -42,7 +53,10 @@ def fit_to_threads(features, threads: int):
     if readers < features.num_workers:
         logging.getLogger(__name__).warning(
             "features.num_workers %d capped to %d reader(s): this job has %d thread(s); give the features rule "
-            "more (snakemake --cores, or --set-threads features=%d)", features.num_workers, readers, threads,
-            features.num_workers + 1)
+            "more (snakemake --cores, or --set-threads features=%d)",
+            features.num_workers,
+            readers,
+            threads,
+            features.num_workers + 1,
+        )
     return features.model_copy(update={"num_workers": readers})
-

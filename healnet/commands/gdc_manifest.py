@@ -27,5 +27,10 @@ def run(args: argparse.Namespace) -> None:
     query = ManifestQuery(args.project, sorted(args.cases) if args.cases else None, args.max_files)
     manifest = query_manifest(cfg, query)
     write_manifest(manifest, query, args.out)
-    log.info("%s: %d slides of %d patients, %.1f GB", args.out, len(manifest), manifest["case_id"].nunique(),
-             manifest["file_size"].sum() / 1e9)
+    log.info(
+        "%s: %d slides of %d patients, %.1f GB",
+        args.out,
+        len(manifest),
+        manifest["case_id"].nunique(),
+        manifest["file_size"].sum() / 1e9,
+    )

@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--predictions", nargs="+", required=True,
+        "--predictions",
+        nargs="+",
+        required=True,
         help="predictions.tsv files of the trained models (results/<cohort>/models/<model>/fold<k>/predictions.tsv)",
     )
     p.add_argument("--plot", required=True, help="figure to write (.png, .pdf or .svg)")

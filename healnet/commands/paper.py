@@ -25,7 +25,7 @@ def _common_aggregate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort-keys", nargs="+", help="published column per cohort (e.g. blca); default the names")
     p.add_argument("--cindex", nargs="+", required=True, help="results/paper/<cohort>/cindex.tsv per cohort, in order")
     p.add_argument("--paper", help="config section `paper` as JSON")
-    p.add_argument("--modalities", required=True, help='JSON {model: [modality, ...]} of the paper models')
+    p.add_argument("--modalities", required=True, help="JSON {model: [modality, ...]} of the paper models")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def _modalities(text: str) -> dict[str, list[str]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--modalities is not JSON ({err}); pass e.g. '{{\"snn\": [\"omics\"]}}'") from None
+        raise ValueError(f'--modalities is not JSON ({err}); pass e.g. \'{{"snn": ["omics"]}}\'') from None
     if not isinstance(value, dict):
         raise ValueError("--modalities must be a JSON object {model: [modality, ...]}")
     return value
@@ -83,15 +83,26 @@ def run(args: argparse.Namespace) -> None:
     elif args.action == "tables":
         from healnet.paper.tables import write_tables
 
-        t1, _ = write_tables(args.cohorts, args.cindex, args.missing, args.xor, paper, _modalities(args.modalities),
-                             _keys(args), args.table1, args.table1_md, args.table2)
+        t1, _ = write_tables(
+            args.cohorts,
+            args.cindex,
+            args.missing,
+            args.xor,
+            paper,
+            _modalities(args.modalities),
+            _keys(args),
+            args.table1,
+            args.table1_md,
+            args.table2,
+        )
         cols = ["model"] + [f"{c}_{k}" for c in args.cohorts for k in ("mean", "std", "published")]
         print(t1[cols].to_string(index=False, float_format="%.3f"))
     else:
         from healnet.paper.figures import write_uplift
 
-        table = write_uplift(args.cohorts, args.cindex, paper, _modalities(args.modalities), _keys(args),
-                             args.png, args.tsv)
+        table = write_uplift(
+            args.cohorts, args.cindex, paper, _modalities(args.modalities), _keys(args), args.png, args.tsv
+        )
         print(table.to_string(index=False, float_format="%.2f"))
 
 
@@ -101,6 +112,13 @@ def _run_cohort(args: argparse.Namespace, paper) -> None:
     from healnet.paper.cohort import paper_cohort
 
     cohort = open_cohort(args)
-    table = paper_cohort(args.models, cohort, parse_params(args.evaluation, Evaluation), paper,
-                         parse_params(args.patching, Patching), args.outdir, args.inspect)
+    table = paper_cohort(
+        args.models,
+        cohort,
+        parse_params(args.evaluation, Evaluation),
+        paper,
+        parse_params(args.patching, Patching),
+        args.outdir,
+        args.inspect,
+    )
     print(table[table["fold"].isin(["mean", "std"])][["model", "fold", "cindex"]].to_string(index=False))

@@ -19,5 +19,11 @@ def run(args: argparse.Namespace) -> None:
     from healnet.cli import parse_params
     from healnet.wsi.stages import run_patches
 
-    run_patches(args.slide, args.slide_id, args.tissue, args.output,
-                parse_params(args.reading, config.SlideReading), parse_params(args.patching, config.Patching))
+    run_patches(
+        args.slide,
+        args.slide_id,
+        args.tissue,
+        args.output,
+        parse_params(args.reading, config.SlideReading),
+        parse_params(args.patching, config.Patching),
+    )

@@ -25,5 +25,11 @@ def run(args: argparse.Namespace) -> None:
     trained = load_run(args.run, args.device)
     pred = trained.predict(args.omics, args.features, args.sheet, args.cases)
     write_tsv(pred, args.out)
-    log.info("%s: %d patients scored by %s (%s) -> %s", args.run, len(pred), trained.info["model"],
-             "+".join(trained.modalities), args.out)
+    log.info(
+        "%s: %d patients scored by %s (%s) -> %s",
+        args.run,
+        len(pred),
+        trained.info["model"],
+        "+".join(trained.modalities),
+        args.out,
+    )

@@ -18,10 +18,18 @@ def optional_mpp(text: str) -> float | None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slide", required=True, help="slide file")
     p.add_argument("--slide-id", required=True)
-    p.add_argument("--mpp", type=optional_mpp, default=None,
-                   help="level-0 um/px from the sample sheet, used only if the slide has none")
-    p.add_argument("--cohort-mpp", type=optional_mpp, default=None,
-                   help="the cohort's level-0 um/px, used only if neither the slide nor --mpp gives one")
+    p.add_argument(
+        "--mpp",
+        type=optional_mpp,
+        default=None,
+        help="level-0 um/px from the sample sheet, used only if the slide has none",
+    )
+    p.add_argument(
+        "--cohort-mpp",
+        type=optional_mpp,
+        default=None,
+        help="the cohort's level-0 um/px, used only if neither the slide nor --mpp gives one",
+    )
     p.add_argument("--geojson", required=True, help="output: tissue polygons")
     p.add_argument("--qc", required=True, help="output: QC PNG")
     p.add_argument("--reading", help="slide_reading config section (JSON)")
@@ -34,6 +42,14 @@ def run(args: argparse.Namespace) -> None:
     from healnet.cli import parse_params
     from healnet.wsi.stages import run_tissue
 
-    run_tissue(args.slide, args.slide_id, args.geojson, args.qc, parse_params(args.reading, config.SlideReading),
-               parse_params(args.tissue, config.Tissue), parse_params(args.patching, config.Patching), args.mpp,
-               args.cohort_mpp)
+    run_tissue(
+        args.slide,
+        args.slide_id,
+        args.geojson,
+        args.qc,
+        parse_params(args.reading, config.SlideReading),
+        parse_params(args.tissue, config.Tissue),
+        parse_params(args.patching, config.Patching),
+        args.mpp,
+        args.cohort_mpp,
+    )

@@ -36,11 +36,24 @@ def run(args: argparse.Namespace) -> None:
     modalities = list(spec.modalities)
     uses_omics = any(m != "wsi" for m in modalities)
     data = load_fold_data(
-        args.labels, args.fold_file, args.omics if uses_omics else None,
-        args.features if "wsi" in modalities else [], args.sheet,
-        parse_params(args.omics_params, Omics), parse_params(args.labels_params, Labels),
+        args.labels,
+        args.fold_file,
+        args.omics if uses_omics else None,
+        args.features if "wsi" in modalities else [],
+        args.sheet,
+        parse_params(args.omics_params, Omics),
+        parse_params(args.labels_params, Labels),
         cache_bytes=int(training.cache_gb * 2**30),
     )
-    frame = train_fold(data, spec.architecture, modalities, spec.params, training, args.fold, args.outdir,
-                       model_name=args.model, threads=args.threads)
+    frame = train_fold(
+        data,
+        spec.architecture,
+        modalities,
+        spec.params,
+        training,
+        args.fold,
+        args.outdir,
+        model_name=args.model,
+        threads=args.threads,
+    )
     log.info("wrote %s (%d test predictions)", args.outdir, len(frame))

@@ -10,9 +10,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--lock", default=str(LOCK), help=f"the lock to compare with (default: {LOCK})")
     p.add_argument("--out", help="write the versions table (TSV: package, version, locked, status) here")
-    p.add_argument("--check", action="store_true",
-                   help="fail unless the lock covers setup.cfg and the installed distributions are exactly the lock's "
-                   "(what `make install` ends with)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="fail unless the lock covers setup.cfg and the installed distributions are exactly the lock's "
+        "(what `make install` ends with)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
         setup_cfg = Path(args.lock).parent / "setup.cfg"  # the lock's sources, when beside it (a checkout)
         problems = stale(locked, setup_cfg_requirements(setup_cfg)) if setup_cfg.is_file() else []
         if problems:
-            raise RuntimeError(f"{args.lock} is stale against {setup_cfg}: " + "; ".join(problems)
-                               + ". Fix: `make lock`, then `make install`")
+            raise RuntimeError(
+                f"{args.lock} is stale against {setup_cfg}: "
+                + "; ".join(problems)
+                + ". Fix: `make lock`, then `make install`"
+            )
         found = drift(locked, installed_versions())
         if found:
             raise RuntimeError(found.message(args.lock))

@@ -52,7 +52,15 @@ END_OF_STUDY = 150.0  # months; administrative censoring
 SVS_MPP, TIFF_MPP = 0.25, 0.5
 SITES = ["A1", "B2", "C3", "D4", "E5", "F6"]
 META_COLUMNS = [
-    "case_id", "slide_id", "age", "site", "survival_months", "censorship", "is_female", "oncotree_code", "train",
+    "case_id",
+    "slide_id",
+    "age",
+    "site",
+    "survival_months",
+    "censorship",
+    "is_female",
+    "oncotree_code",
+    "train",
 ]
 COHORT_STREAM, SLIDE_STREAM = 0xC0, 0x51  # seed-sequence tags: independent generator streams
 
@@ -108,9 +116,7 @@ def survival(
     return months, censored
 
 
-def simulate_omics(
-    rng: np.random.Generator, risk_omics: np.ndarray, cfg: Demo
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_omics(rng: np.random.Generator, risk_omics: np.ndarray, cfg: Demo) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Omic feature matrix (one row per patient) and the planted features with their loadings."""
     n = len(risk_omics)
     names = feature_names(cfg)
@@ -167,7 +173,7 @@ def _missingness(rng: np.random.Generator, cfg: Demo) -> tuple[np.ndarray, np.nd
     n_slides = np.ones(n, int)
     has_omics = np.ones(n, bool)
     n_slides[order[:n_no_slide]] = 0
-    has_omics[order[n_no_slide:n_no_slide + n_no_omics]] = False
+    has_omics[order[n_no_slide : n_no_slide + n_no_omics]] = False
     with_slides = np.flatnonzero(n_slides > 0)
     n_two = min(int(round(cfg.frac_two_slides * n)), len(with_slides))
     n_slides[rng.choice(with_slides, n_two, replace=False)] = 2
@@ -233,8 +239,11 @@ def simulate_cohort(cfg: Demo, outdir: str | Path = "data/demo") -> DemoCohort:
     )
     truth = patients[["case_id", "risk_wsi", "risk_omics", "risk"]].round(6)
     sheet = pd.DataFrame(
-        {"case_id": [s.slide_id.rsplit("-", 1)[0] for s in slides], "slide_id": [s.slide_id for s in slides],
-         "path": [str(s.path) for s in slides]}
+        {
+            "case_id": [s.slide_id.rsplit("-", 1)[0] for s in slides],
+            "slide_id": [s.slide_id for s in slides],
+            "path": [str(s.path) for s in slides],
+        }
     )
     table = _tcga_table(clinical, omics, sheet)
     return DemoCohort(patients=patients, table=table, sheet=sheet, truth=truth, planted=planted, slides=slides)

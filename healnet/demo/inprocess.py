@@ -58,15 +58,18 @@ def planned_jobs(output: str) -> list[Job]:
         elif jobs and (match := FILES.match(line)):
             getattr(jobs[-1], match.group(1) + "s").extend(match.group(2).split(", "))
         elif jobs and line.startswith(SHELL_PREFIX):
-            argv = shlex.split(line[len(SHELL_PREFIX):])
+            argv = shlex.split(line[len(SHELL_PREFIX) :])
             if not argv or argv[0] != "healnet":
-                raise RuntimeError(f"rule {jobs[-1].rule} runs {' '.join(argv)!r}, not one `healnet` command; "
-                                   "run it with Snakemake")
+                raise RuntimeError(
+                    f"rule {jobs[-1].rule} runs {' '.join(argv)!r}, not one `healnet` command; run it with Snakemake"
+                )
             jobs[-1].argv = argv[1:]
     missing = [job.rule for job in jobs if job.argv is None]
     if missing:
-        raise RuntimeError(f"Snakemake's dry run shows no shell command for rule(s) {sorted(set(missing))}; every rule "
-                           "must run one `healnet` command to run in-process:\n" + output[-3000:])
+        raise RuntimeError(
+            f"Snakemake's dry run shows no shell command for rule(s) {sorted(set(missing))}; every rule "
+            "must run one `healnet` command to run in-process:\n" + output[-3000:]
+        )
     return inputs_first(jobs)
 
 
@@ -85,8 +88,9 @@ def inputs_first(jobs: list[Job]) -> list[Job]:
     while ready:
         i = heapq.heappop(ready)
         order.append(i)
-        jobs[i].provisional = UNKNOWN in jobs[i].inputs or any(jobs[j].checkpoint or jobs[j].provisional
-                                                               for j in needs[i])
+        jobs[i].provisional = UNKNOWN in jobs[i].inputs or any(
+            jobs[j].checkpoint or jobs[j].provisional for j in needs[i]
+        )
         for user in users[i]:
             waiting[user] -= 1
             if waiting[user] == 0:
@@ -98,8 +102,22 @@ def inputs_first(jobs: list[Job]) -> list[Job]:
 
 def snakemake_plan(workdir: Path, configfile: Path, targets: list[str]) -> list[Job]:
     """The jobs `snakemake <targets>` would run now in `workdir`, inputs first."""
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--snakefile", str(SNAKEFILE), "--directory",
-           str(workdir), "--configfile", str(configfile), "--dry-run", "--printshellcmds", "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--dry-run",
+        "--printshellcmds",
+        "--cores",
+        "1",
+    ]
     # one stream, so that each job's header and its command stay together
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:

@@ -108,8 +108,9 @@ def _pieces(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the tissue (field > 0) opened by a disc of BRIDGE_UM, so a bridge thinner than the detection's
     median blur does not join two pieces."""
     k = int(BRIDGE_UM / MASK_MPP) | 1
-    tissue = cv2.morphologyEx((field > 0).astype(np.uint8), cv2.MORPH_OPEN,
-                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    tissue = cv2.morphologyEx(
+        (field > 0).astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    )
     n, labels, stats, _ = cv2.connectedComponentsWithStats(tissue, connectivity=8)
     return labels, stats[1:n, cv2.CC_STAT_AREA].astype(np.float64) * MASK_MPP**2
 
@@ -153,9 +154,11 @@ def _nuclei(rng: np.random.Generator, tissue: np.ndarray, risk_wsi: float) -> np
     peak = float(local.max())
     n_max = rng.poisson(peak * density * h * w * px_area_mm2)
     ys, xs = rng.uniform(0, h, n_max), rng.uniform(0, w, n_max)
-    keep_p = tissue[ys.astype(int), xs.astype(int)] * local[
-        (ys * coarse[0] / h).astype(int), (xs * coarse[1] / w).astype(int)
-    ] / peak
+    keep_p = (
+        tissue[ys.astype(int), xs.astype(int)]
+        * local[(ys * coarse[0] / h).astype(int), (xs * coarse[1] / w).astype(int)]
+        / peak
+    )
     keep = rng.uniform(size=n_max) < keep_p
     ys, xs = ys[keep], xs[keep]
     n = len(xs)
@@ -169,8 +172,16 @@ def _nuclei(rng: np.random.Generator, tissue: np.ndarray, risk_wsi: float) -> np
     scale = 1 << shift
     for i in range(n):
         cv2.ellipse(
-            haem, (int(xs[i] * scale), int(ys[i] * scale)), (int(a[i] * scale), int(b[i] * scale)),
-            float(angle[i]), 0, 360, float(stain[i]), thickness=-1, lineType=cv2.LINE_AA, shift=shift,
+            haem,
+            (int(xs[i] * scale), int(ys[i] * scale)),
+            (int(a[i] * scale), int(b[i] * scale)),
+            float(angle[i]),
+            0,
+            360,
+            float(stain[i]),
+            thickness=-1,
+            lineType=cv2.LINE_AA,
+            shift=shift,
         )
     return haem
 
@@ -182,16 +193,15 @@ def stains_to_rgb(eosin: np.ndarray, haem: np.ndarray) -> np.ndarray:
     """
     ln10 = float(np.log(10.0))
     channels = [
-        cv2.exp(cv2.addWeighted(eosin, -ln10 * float(OD_EOSIN[c]), haem, -ln10 * float(OD_HAEM[c]),
-                                -ln10 * OD_BACKGROUND))
+        cv2.exp(
+            cv2.addWeighted(eosin, -ln10 * float(OD_EOSIN[c]), haem, -ln10 * float(OD_HAEM[c]), -ln10 * OD_BACKGROUND)
+        )
         for c in range(3)
     ]
     return cv2.merge([cv2.convertScaleAbs(ch, alpha=255.0) for ch in channels])
 
 
-def paint_slide(
-    rng: np.random.Generator, width_um: float, height_um: float, risk_wsi: float, mpp: float
-) -> np.ndarray:
+def paint_slide(rng: np.random.Generator, width_um: float, height_um: float, risk_wsi: float, mpp: float) -> np.ndarray:
     """An H&E-like RGB image (uint8, H x W x 3) of `width_um` x `height_um` at `mpp` um/px."""
     w, h = int(round(width_um / PAINT_MPP)), int(round(height_um / PAINT_MPP))
     field = cv2.resize(tissue_field(rng, width_um, height_um), (w, h), interpolation=cv2.INTER_LINEAR)

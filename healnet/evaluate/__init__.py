@@ -19,8 +19,14 @@ from healnet.evaluate.cohort import CohortRuns
 from healnet.io import write_tsv
 
 
-def evaluate_cohort(models: Sequence[str], cohort: CohortRuns, eval_cfg, out_cindex: str | Path,
-                    out_missing: str | Path, inspect_dir: str | Path | None = None) -> pd.DataFrame:
+def evaluate_cohort(
+    models: Sequence[str],
+    cohort: CohortRuns,
+    eval_cfg,
+    out_cindex: str | Path,
+    out_missing: str | Path,
+    inspect_dir: str | Path | None = None,
+) -> pd.DataFrame:
     """Write cindex.tsv, cindex_missing.tsv and (with `inspect_dir`) the inspection folder; returns
     cindex.tsv's table."""
     from healnet.evaluate.metrics import cindex_table

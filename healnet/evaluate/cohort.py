@@ -23,9 +23,17 @@ class CohortRuns:
     """The runs `<models_dir>/<model>/fold<k>` of one cohort and its stage files (labels, folds,
     omics matrix, feature stores, sample sheet)."""
 
-    def __init__(self, models_dir: str | Path, fold_files: dict[int, Path], labels: str | Path | None = None,
-                 omics: str | Path | None = None, feature_stores: Sequence[str | Path] = (),
-                 sheet: str | Path | None = None, cache_gb: float = 2.0, device: str = "cpu"):
+    def __init__(
+        self,
+        models_dir: str | Path,
+        fold_files: dict[int, Path],
+        labels: str | Path | None = None,
+        omics: str | Path | None = None,
+        feature_stores: Sequence[str | Path] = (),
+        sheet: str | Path | None = None,
+        cache_gb: float = 2.0,
+        device: str = "cpu",
+    ):
         self.models_dir, self.fold_files, self.labels = Path(models_dir), dict(fold_files), labels
         self.omics, self.feature_stores, self.sheet = omics, list(feature_stores or []), sheet
         self.cache_bytes, self.device = int(cache_gb * 2**30), device
@@ -33,9 +41,17 @@ class CohortRuns:
         self._wsi, self._omics_frame, self._fold = None, None, (None, None)
 
     @classmethod
-    def from_files(cls, models_dir: str | Path, fold_files: Sequence[str | Path], labels: str | Path,
-                   omics: str | Path | None = None, feature_stores: Sequence[str | Path] = (),
-                   sheet: str | Path | None = None, cache_gb: float = 2.0, device: str = "cpu") -> CohortRuns:
+    def from_files(
+        cls,
+        models_dir: str | Path,
+        fold_files: Sequence[str | Path],
+        labels: str | Path,
+        omics: str | Path | None = None,
+        feature_stores: Sequence[str | Path] = (),
+        sheet: str | Path | None = None,
+        cache_gb: float = 2.0,
+        device: str = "cpu",
+    ) -> CohortRuns:
         """The cohort of the stage files the evaluate and paper rules get (fold numbers from the names)."""
         folds = {fold_number(f): Path(f) for f in fold_files}
         return cls(models_dir, folds, labels, omics, feature_stores, sheet, cache_gb, device)

@@ -64,8 +64,9 @@ def first_seed(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["seed"] == pred["seed"].min()] if "seed" in pred.columns else pred
 
 
-def seed_metrics(pred: pd.DataFrame, edges: Sequence[float], n_grid: int = 100,
-                 patients: set[str] | None = None) -> dict:
+def seed_metrics(
+    pred: pd.DataFrame, edges: Sequence[float], n_grid: int = 100, patients: set[str] | None = None
+) -> dict:
     """`metrics_of` per training seed of a predictions.tsv, averaged; `cindex_seed_std` their spread.
 
     `patients`: score only these case_ids (the same-patients comparison)."""
@@ -98,7 +99,9 @@ def with_summary(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             out.append(pd.DataFrame([{**dict(zip(keys, group)), "fold": stat, **dict(zip(num, v))}]))
     table = pd.concat(out, ignore_index=True)
     per_fold = ~table["fold"].isin(["mean", "std"])
-    for col in [c for c in ("n", "events", "excluded", "seeds", "n_common") if c in table.columns]:  # counts stay integers in the per-fold rows
+    for col in [
+        c for c in ("n", "events", "excluded", "seeds", "n_common") if c in table.columns
+    ]:  # counts stay integers in the per-fold rows
         table[col] = pd.Series([int(v) if f and v == v else v for f, v in zip(per_fold, table[col])], dtype=object)
     return table
 
@@ -113,16 +116,29 @@ def cindex_table(cohort, models: Sequence[str], eval_cfg) -> pd.DataFrame:
             row["excluded"] = cohort.n_test(k) - row["n"]
             if row["excluded"]:
                 # by design, and in the table (`excluded`): INFO, so a clean run prints no warning
-                log.info("model %s fold %d: %d test patients without any of its modalities %s, left out",
-                            model, k, row["excluded"], info["modalities"])
+                log.info(
+                    "model %s fold %d: %d test patients without any of its modalities %s, left out",
+                    model,
+                    k,
+                    row["excluded"],
+                    info["modalities"],
+                )
             rows.append(row)
-            log.info("model %s fold %d: c-index %.4f (n %d, events %d, %d seed(s))", model, k, row["cindex"],
-                     row["n"], row["events"], row["seeds"])
+            log.info(
+                "model %s fold %d: c-index %.4f (n %d, events %d, %d seed(s))",
+                model,
+                k,
+                row["cindex"],
+                row["n"],
+                row["events"],
+                row["seeds"],
+            )
     for row in rows:  # the same-patients comparison: the test patients every model scores
         k = int(row["fold"])
         common = set.intersection(*(set(first_seed(cohort.predictions(m, k))["case_id"]) for m in models))
         edges = cohort.info(row["model"], k)["edges"]
-        row["cindex_common"] = seed_metrics(cohort.predictions(row["model"], k), edges, eval_cfg.ibs_grid_points,
-                                            common)["cindex"]
+        row["cindex_common"] = seed_metrics(
+            cohort.predictions(row["model"], k), edges, eval_cfg.ibs_grid_points, common
+        )["cindex"]
         row["n_common"] = len(common)
     return with_summary(pd.DataFrame(rows, columns=COLUMNS), ["model"])[COLUMNS]

@@ -29,13 +29,17 @@ def top_features(scores: np.ndarray, names: list[str], values: np.ndarray | None
     if len(scores) != len(names):
         raise ValueError(f"{len(scores)} attention scores for {len(names)} feature names")
     order = np.argsort(-scores, kind="stable")[:k]
-    df = pd.DataFrame({"rank": np.arange(1, len(order) + 1), "feature": [names[i] for i in order], "attention": scores[order]})
+    df = pd.DataFrame(
+        {"rank": np.arange(1, len(order) + 1), "feature": [names[i] for i in order], "attention": scores[order]}
+    )
     if values is not None:
         df["value"] = values[order]
     return df
 
 
-def slide_thumbnail(path: str | Path | None, level0_size: tuple[int, int] | None, max_px: int) -> tuple[np.ndarray, float]:
+def slide_thumbnail(
+    path: str | Path | None, level0_size: tuple[int, int] | None, max_px: int
+) -> tuple[np.ndarray, float]:
     """(RGB thumbnail, level-0 px per thumbnail px). A blank canvas when the slide cannot be read."""
     try:
         import openslide
@@ -66,7 +70,11 @@ def save_heatmap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    extent = (int((coords[:, 0] + patch_size_level0).max()), int((coords[:, 1] + patch_size_level0).max())) if len(coords) else None
+    extent = (
+        (int((coords[:, 0] + patch_size_level0).max()), int((coords[:, 1] + patch_size_level0).max()))
+        if len(coords)
+        else None
+    )
     thumb, scale = slide_thumbnail(slide_path, extent, max_px)
     heat = np.full(thumb.shape[:2], np.nan, dtype=np.float32)
     lo, hi = float(np.nanmin(scores)), float(np.nanmax(scores))

@@ -49,8 +49,9 @@ class Attention:
         return f"{self.model}: {self.case} ({self.rank.replace('_', ' ')}, fold {self.fold}, risk {self.risk:.3f})"
 
 
-def pick_patients(predictions: pd.DataFrame, modalities: Sequence[str],
-                  ranks: Sequence[str] = ("highest_risk",)) -> dict[str, pd.Series]:
+def pick_patients(
+    predictions: pd.DataFrame, modalities: Sequence[str], ranks: Sequence[str] = ("highest_risk",)
+) -> dict[str, pd.Series]:
     """rank -> row of pooled test predictions (with `fold`), preferring patients with every modality."""
     if predictions.empty:
         raise ValueError("no test predictions to pick a patient from")
@@ -82,8 +83,15 @@ def attend(cohort, model: str, ranks: Sequence[str]) -> list[Attention]:
         if not returns_attention(run.model):
             log.info("model %s (%s) returns no attention: not inspected", model, run.info["architecture"])
             return []
-        log.info("inspecting %s: %s patient %s (fold %d, risk %.4f, modalities %s)", model, rank, case, k,
-                 row["risk"], row["modalities"])
+        log.info(
+            "inspecting %s: %s patient %s (fold %d, risk %.4f, modalities %s)",
+            model,
+            rank,
+            case,
+            k,
+            row["risk"],
+            row["modalities"],
+        )
         data = cohort.fold(k, run)
         batch = make_batch(data, [data.index[case]], mods, device=cohort.device)
         with torch.no_grad():
@@ -100,8 +108,9 @@ def attend(cohort, model: str, ranks: Sequence[str]) -> list[Attention]:
     return out
 
 
-def write_maps(a: Attention, out: Path, stem: str, eval_cfg, slide_paths: dict[str, str],
-               plot_features: bool = False) -> list[dict]:
+def write_maps(
+    a: Attention, out: Path, stem: str, eval_cfg, slide_paths: dict[str, str], plot_features: bool = False
+) -> list[dict]:
     """Heatmaps per slide and top omic features (TSV, with `plot_features` also a bar plot) of one
     patient; its index rows."""
     from healnet.inspection.attention import plot_top_features, save_heatmap, top_features
@@ -115,13 +124,22 @@ def write_maps(a: Attention, out: Path, stem: str, eval_cfg, slide_paths: dict[s
                 s = scores[start : start + len(bag.features)]
                 start += len(bag.features)
                 name = f"{stem}_{bag.slide_id}_heatmap.png"
-                save_heatmap(out / name, bag.coords, s, level0_size(bag), slide_paths.get(bag.slide_id),
-                             f"{a.title()}, {bag.slide_id}: mean patch attention", eval_cfg.inspect_thumbnail_px)
+                save_heatmap(
+                    out / name,
+                    bag.coords,
+                    s,
+                    level0_size(bag),
+                    slide_paths.get(bag.slide_id),
+                    f"{a.title()}, {bag.slide_id}: mean patch attention",
+                    eval_cfg.inspect_thumbnail_px,
+                )
                 index.append({**a.base, "modality": m, "kind": "heatmap", "file": name})
             continue
         names = a.feature_names.get(m) or [f"{m}_{i}" for i in range(len(scores))]
         if len(names) != len(scores):  # tokens are groups of features (omics_tokens), not features
-            log.info("model %s: %d %s tokens for %d features: no per-feature ranking", a.model, len(scores), m, len(names))
+            log.info(
+                "model %s: %d %s tokens for %d features: no per-feature ranking", a.model, len(scores), m, len(names)
+            )
             continue
         top = top_features(scores, names, a.values[m], eval_cfg.inspect_top_features)
         name = f"{stem}_{m}_top_features"

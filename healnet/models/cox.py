@@ -68,7 +68,9 @@ class LinearCox(nn.Module):
         super().__init__()
         self.tabular = tabular_modalities(input_dims)
         if not self.tabular or len(self.tabular) != len(input_dims):
-            raise ValueError(f"{self.name}: tabular modalities only (omics, rnaseq, cnv, mut, clinical); got {sorted(input_dims)}")
+            raise ValueError(
+                f"{self.name}: tabular modalities only (omics, rnaseq, cnv, mut, clinical); got {sorted(input_dims)}"
+            )
         n = sum(input_dims[m] for m in self.tabular)
         self.clip = clip
         self.register_buffer("center", torch.zeros(n))
@@ -140,8 +142,11 @@ class CoxNet(LinearCox):
         from sksurv.linear_model import CoxnetSurvivalAnalysis
 
         return CoxnetSurvivalAnalysis(
-            l1_ratio=self.l1_ratio, n_alphas=self.n_alphas, alpha_min_ratio=self.alpha_min_ratio,
-            alphas=alphas, max_iter=self.max_iter,
+            l1_ratio=self.l1_ratio,
+            n_alphas=self.n_alphas,
+            alpha_min_ratio=self.alpha_min_ratio,
+            alphas=alphas,
+            max_iter=self.max_iter,
         )
 
     def _fit(self, z, time, event, seed):
@@ -155,10 +160,18 @@ class CoxNet(LinearCox):
             full = self._model().fit(z, y)
             alphas = full.alphas_
             if event.sum() < self.inner_folds:  # no inner fold could hold an event: no CV possible
-                best = int(np.flatnonzero(np.abs(full.coef_).sum(axis=0) > 0)[:1].tolist()[0]
-                           if np.abs(full.coef_).sum() > 0 else len(alphas) - 1)
-                log.warning("coxnet: %d events < %d inner folds: no inner CV; alpha %.4g, the strongest penalty "
-                            "with a nonzero coefficient", int(event.sum()), self.inner_folds, alphas[best])
+                best = int(
+                    np.flatnonzero(np.abs(full.coef_).sum(axis=0) > 0)[:1].tolist()[0]
+                    if np.abs(full.coef_).sum() > 0
+                    else len(alphas) - 1
+                )
+                log.warning(
+                    "coxnet: %d events < %d inner folds: no inner CV; alpha %.4g, the strongest penalty "
+                    "with a nonzero coefficient",
+                    int(event.sum()),
+                    self.inner_folds,
+                    alphas[best],
+                )
                 return full.coef_[:, best].copy(), {"alpha": float(alphas[best]), "inner_cindex": float("nan")}
             scores = []
             for tr, va in stratified_folds(event, self.inner_folds, seed):
@@ -170,8 +183,13 @@ class CoxNet(LinearCox):
             warnings.simplefilter("ignore", RuntimeWarning)  # an alpha no inner fold could score
             mean = np.nanmean(scores, axis=0)
         best = int(np.nanargmax(mean)) if np.isfinite(mean).any() else len(alphas) - 1
-        log.info("coxnet: alpha %.4g chosen by %d-fold inner CV (c-index %.3f) of %d alphas",
-                 alphas[best], len(scores), mean[best], len(alphas))
+        log.info(
+            "coxnet: alpha %.4g chosen by %d-fold inner CV (c-index %.3f) of %d alphas",
+            alphas[best],
+            len(scores),
+            mean[best],
+            len(alphas),
+        )
         return full.coef_[:, best].copy(), {"alpha": float(alphas[best]), "inner_cindex": float(mean[best])}
 
 

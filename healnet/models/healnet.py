@@ -97,15 +97,27 @@ class FusionLayer(nn.Module):
     def __init__(self, token_dims: dict[str, int], latent_dim: int, self_blocks: int, hp: dict[str, Any]):
         super().__init__()
         attn_kw = dict(
-            heads=hp["heads"], dim_head=hp["dim_head"], dropout=hp["attn_dropout"],
-            temperature=hp["temperature"], out_activation=hp["out_activation"],
+            heads=hp["heads"],
+            dim_head=hp["dim_head"],
+            dropout=hp["attn_dropout"],
+            temperature=hp["temperature"],
+            out_activation=hp["out_activation"],
         )
         ff_kw = dict(mult=hp["ff_mult"], dropout=hp["ff_dropout"], snn=hp["snn"])
         self.cross_attn = nn.ModuleDict({m: Attention(latent_dim, d, **attn_kw) for m, d in token_dims.items()})
         self.cross_ff = nn.ModuleDict({m: FeedForward(latent_dim, **ff_kw) for m in token_dims})
         self.self_attn = nn.ModuleList(
-            [Attention(latent_dim, heads=hp["self_heads"], dim_head=hp["dim_head"], dropout=hp["attn_dropout"],
-                       temperature=hp["temperature"], out_activation=hp["out_activation"]) for _ in range(self_blocks)]
+            [
+                Attention(
+                    latent_dim,
+                    heads=hp["self_heads"],
+                    dim_head=hp["dim_head"],
+                    dropout=hp["attn_dropout"],
+                    temperature=hp["temperature"],
+                    out_activation=hp["out_activation"],
+                )
+                for _ in range(self_blocks)
+            ]
         )
         self.self_ff = nn.ModuleList([FeedForward(latent_dim, **ff_kw) for _ in range(self_blocks)])
 
@@ -169,8 +181,14 @@ class HEALNet(nn.Module):
                 self.tokenizers[m] = tok
                 token_dims[m] = tok.out_dim
         hp = dict(
-            heads=heads, self_heads=self_heads, dim_head=dim_head, attn_dropout=attn_dropout,
-            ff_dropout=ff_dropout, ff_mult=ff_mult, snn=snn, temperature=temperature,
+            heads=heads,
+            self_heads=self_heads,
+            dim_head=dim_head,
+            attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout,
+            ff_mult=ff_mult,
+            snn=snn,
+            temperature=temperature,
             out_activation=out_activation,
         )
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
@@ -247,8 +265,9 @@ class HEALNet(nn.Module):
                 if mask is not None and not everyone:
                     mask = mask.index_select(0, idx)
                 if m == WSI:  # keys/values of the present bags, projected once per forward
-                    upd, w = layer.cross_attn[m](s_m, mask=mask, return_attention=return_attention,
-                                                 kv=wsi_kv[id(layer)])
+                    upd, w = layer.cross_attn[m](
+                        s_m, mask=mask, return_attention=return_attention, kv=wsi_kv[id(layer)]
+                    )
                 else:
                     ctx = tokens[m] if everyone else tokens[m].index_select(0, idx)  # (b_m, N, c)
                     upd, w = layer.cross_attn[m](s_m, ctx, mask=mask, return_attention=return_attention)

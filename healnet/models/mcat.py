@@ -99,8 +99,13 @@ def group_by_family(names: list[str], families: Mapping[str, list[str]]) -> dict
         else:
             log.warning("mcat: gene family %r matches none of the %d omic features; dropped", family, len(names))
     used = len({i for idx in groups.values() for i in idx})
-    log.info("mcat: %d gene families %s; %d of %d features in no family are unused",
-             len(groups), [len(v) for v in groups.values()], len(names) - used, len(names))
+    log.info(
+        "mcat: %d gene families %s; %d of %d features in no family are unused",
+        len(groups),
+        [len(v) for v in groups.values()],
+        len(names) - used,
+        len(names),
+    )
     return groups
 
 

@@ -43,8 +43,16 @@ class ModalityTokens(nn.Module):
 class PerceiverLayer(nn.Module):
     """Latents read all tokens once (cross-attention + FF), then `self_per_cross` self-attention blocks."""
 
-    def __init__(self, latent_dim: int, token_dim: int, cross_heads: int, latent_heads: int,
-                 dim_head: int, self_per_cross: int, dropout: float) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        token_dim: int,
+        cross_heads: int,
+        latent_heads: int,
+        dim_head: int,
+        self_per_cross: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.cross = Attention(latent_dim, token_dim, heads=cross_heads, dim_head=dim_head, dropout=dropout)
         self.cross_ff = FeedForward(latent_dim, dropout=dropout)

@@ -163,8 +163,12 @@ class OmicsTransform:
 
         arrays = ("fill", "lower", "upper", "center", "scale")
         blocks = {
-            t: {"columns": list(b.columns), "clip": b.clip, "indicator": torch.as_tensor(b.indicator, dtype=torch.int64),
-                **{a: torch.as_tensor(getattr(b, a), dtype=torch.float64) for a in arrays}}
+            t: {
+                "columns": list(b.columns),
+                "clip": b.clip,
+                "indicator": torch.as_tensor(b.indicator, dtype=torch.int64),
+                **{a: torch.as_tensor(getattr(b, a), dtype=torch.float64) for a in arrays},
+            }
             for t, b in self.blocks.items()
         }
         return {"blocks": blocks, "dropped": {t: list(v) for t, v in self.dropped.items()}, "config": self.config}
@@ -172,22 +176,30 @@ class OmicsTransform:
     @classmethod
     def from_state(cls, state: dict) -> OmicsTransform:
         """The transform `to_state` saved."""
+
         def array(v, dtype):  # a tensor (on whatever device the checkpoint was mapped to) or a list
             return np.asarray(v.cpu() if hasattr(v, "cpu") else v, dtype=dtype)
 
         blocks = {
-            t: _Block(list(b["columns"]), *(array(b[a], float) for a in ("fill", "lower", "upper", "center", "scale")),
-                      b["clip"], array(b["indicator"], int))
+            t: _Block(
+                list(b["columns"]),
+                *(array(b[a], float) for a in ("fill", "lower", "upper", "center", "scale")),
+                b["clip"],
+                array(b["indicator"], int),
+            )
             for t, b in state["blocks"].items()
         }
-        return cls(blocks=blocks, dropped={t: list(v) for t, v in state.get("dropped", {}).items()},
-                   config=state.get("config"))
+        return cls(
+            blocks=blocks, dropped={t: list(v) for t, v in state.get("dropped", {}).items()}, config=state.get("config")
+        )
 
     def _types(self, name: str) -> list[str]:
         if name == "omics":  # the omic types; age and sex are the separate `clinical` modality
             return [t for t in self.blocks if t != "clinical"]
         if name not in self.blocks:
-            raise ValueError(f"omics modality {name!r} has no features in this cohort; available: {['omics', *self.blocks]}")
+            raise ValueError(
+                f"omics modality {name!r} has no features in this cohort; available: {['omics', *self.blocks]}"
+            )
         return [name]
 
 

@@ -52,7 +52,9 @@ def _read_csv(path: Path, usecols=None) -> pd.DataFrame:
         # `.zip` is inferred from the name; the TCGA archives hold one CSV member.
         return pd.read_csv(path, usecols=usecols, dtype={"case_id": str, "slide_id": str}, low_memory=False)
     except (ValueError, pd.errors.ParserError, OSError) as err:
-        raise ValueError(f"clinical + omics table {path}: cannot be read as CSV ({err}); expected .csv or .csv.zip") from err
+        raise ValueError(
+            f"clinical + omics table {path}: cannot be read as CSV ({err}); expected .csv or .csv.zip"
+        ) from err
 
 
 def _check_case_ids(table: pd.DataFrame, path: Path) -> None:
@@ -60,7 +62,9 @@ def _check_case_ids(table: pd.DataFrame, path: Path) -> None:
         raise ValueError(f"clinical + omics table {path}: no `case_id` column; found {list(table.columns[:12])} ...")
     empty = np.flatnonzero(table["case_id"].isna() | (table["case_id"].astype(str).str.strip() == ""))
     if len(empty):
-        raise ValueError(f"clinical + omics table {path}: empty `case_id` in line(s) {lines(empty)}; fill it in or drop the rows")
+        raise ValueError(
+            f"clinical + omics table {path}: empty `case_id` in line(s) {lines(empty)}; fill it in or drop the rows"
+        )
 
 
 def _numeric(table: pd.DataFrame, columns: list[str], path: Path, what: str) -> pd.DataFrame:
@@ -117,7 +121,9 @@ def read_survival(path: str | Path) -> pd.DataFrame:
     _check_case_ids(table, path)
     missing = [c for c in SURVIVAL_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"clinical + omics table {path}: missing column(s) {missing}; the TCGA format needs {SURVIVAL_COLUMNS}")
+        raise ValueError(
+            f"clinical + omics table {path}: missing column(s) {missing}; the TCGA format needs {SURVIVAL_COLUMNS}"
+        )
     values = _numeric(table, SURVIVAL_COLUMNS, path, "survival")
     months = values["survival_months"]
     bad = np.flatnonzero((months.isna() | (months < 0)).to_numpy())

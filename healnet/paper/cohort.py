@@ -29,8 +29,9 @@ XOR = "xor"
 PATIENT_COLUMNS = ["fold", "case_id", "given", "xor_model", "xor_risk", "paired_model", "paired_risk", "time", "event"]
 
 
-def given_modality(present: Mapping[str, np.ndarray], keep: np.ndarray, modalities: Sequence[str],
-                   case_ids: Sequence[str]) -> dict[str, str]:
+def given_modality(
+    present: Mapping[str, np.ndarray], keep: np.ndarray, modalities: Sequence[str], case_ids: Sequence[str]
+) -> dict[str, str]:
     """case_id -> the one modality a patient keeps in a one-modality scenario."""
     out = {}
     for i in keep:
@@ -41,7 +42,9 @@ def given_modality(present: Mapping[str, np.ndarray], keep: np.ndarray, modaliti
     return out
 
 
-def xor_frame(given: Mapping[str, str], predictions: Mapping[str, pd.DataFrame], unimodal: Mapping[str, str]) -> pd.DataFrame:
+def xor_frame(
+    given: Mapping[str, str], predictions: Mapping[str, pd.DataFrame], unimodal: Mapping[str, str]
+) -> pd.DataFrame:
     """Each patient's row of the unimodal model of its given modality, in the order of `given`.
 
     `predictions`: modality -> that model's predictions.tsv of the fold (case_id, risk, surv_*,
@@ -62,7 +65,9 @@ def xor_frame(given: Mapping[str, str], predictions: Mapping[str, pd.DataFrame],
     return pd.DataFrame(rows)
 
 
-def xor_baseline(cohort, missing_model: str, unimodal: Mapping[str, str], eval_cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+def xor_baseline(
+    cohort, missing_model: str, unimodal: Mapping[str, str], eval_cfg
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-fold metrics rows in the cindex_missing.tsv format, per-patient table) of the XOR baseline.
 
     `cohort` is a `healnet.evaluate.cohort.CohortRuns`. The per-patient table also holds
@@ -74,13 +79,26 @@ def xor_baseline(cohort, missing_model: str, unimodal: Mapping[str, str], eval_c
         mods = cohort.info(missing_model, k)["modalities"]
         if len(mods) < 2:
             log.warning("fold %d: %s uses only %s in this cohort; no XOR baseline", k, missing_model, mods)
-            rows.append({"model": XOR, "scenario": "one_random", "fold": str(k), "cindex": math.nan,
-                         "cindex_td": math.nan, "ibs": math.nan, "n": 0, "events": 0, "excluded": 0})
+            rows.append(
+                {
+                    "model": XOR,
+                    "scenario": "one_random",
+                    "fold": str(k),
+                    "cindex": math.nan,
+                    "cindex_td": math.nan,
+                    "ibs": math.nan,
+                    "n": 0,
+                    "events": 0,
+                    "excluded": 0,
+                }
+            )
             continue
         row, frame = xor_fold(cohort, k, missing_model, unimodal, eval_cfg)
         rows.append(row)
         patients.append(frame)
-    per_patient = pd.concat(patients, ignore_index=True)[PATIENT_COLUMNS] if patients else pd.DataFrame(columns=PATIENT_COLUMNS)
+    per_patient = (
+        pd.concat(patients, ignore_index=True)[PATIENT_COLUMNS] if patients else pd.DataFrame(columns=PATIENT_COLUMNS)
+    )
     return pd.DataFrame(rows, columns=MISSING_COLUMNS), per_patient
 
 
@@ -99,14 +117,21 @@ def xor_fold(cohort, k: int, missing_model: str, unimodal: Mapping[str, str], ev
     frame["paired_risk"] = run.predict_data(data, keep, present=present).risk
     m = metrics_of(frame, run.edges, eval_cfg.ibs_grid_points)
     row = {"model": XOR, "scenario": "one_random", "fold": str(k), **m, "excluded": len(idx) - len(keep)}
-    log.info("fold %d XOR baseline: c-index %.4f on %d patients %s; %s given one modality: %.4f", k, m["cindex"],
-             m["n"], frame["given"].value_counts().to_dict(), missing_model,
-             cindex(frame["time"], frame["event"], frame["paired_risk"]))
+    log.info(
+        "fold %d XOR baseline: c-index %.4f on %d patients %s; %s given one modality: %.4f",
+        k,
+        m["cindex"],
+        m["n"],
+        frame["given"].value_counts().to_dict(),
+        missing_model,
+        cindex(frame["time"], frame["event"], frame["paired_risk"]),
+    )
     return row, frame.assign(fold=k, paired_model=missing_model, xor_risk=frame["risk"])
 
 
-def paper_cohort(models: Sequence[str], cohort, eval_cfg, paper_cfg, patching_cfg, outdir: str | Path,
-                 inspect_dir: str | Path) -> pd.DataFrame:
+def paper_cohort(
+    models: Sequence[str], cohort, eval_cfg, paper_cfg, patching_cfg, outdir: str | Path, inspect_dir: str | Path
+) -> pd.DataFrame:
     """Write outdir/{cindex,cindex_missing,xor,xor_patients}.tsv and the inspection folder for `cohort`
     (a `healnet.evaluate.cohort.CohortRuns`: each checkpoint is loaded once for all three)."""
     from healnet.evaluate import evaluate_cohort

@@ -59,19 +59,31 @@ def uplift_table(
         for model in multi:
             per_fold = (100 * (fold_cindex(table, model) / base - 1)).dropna()
             pub = published_value(published, "table1", published_as.get(model), key)
-            rows.append({
-                "cohort": cohort, "model": model, "best_unimodal": best,
-                "uplift_mean": per_fold.mean() if len(per_fold) else math.nan,
-                "uplift_std": per_fold.std(ddof=0) if len(per_fold) else math.nan,
-                "folds": len(per_fold),
-                "published_uplift": 100 * (pub / pub_best - 1) if np.isfinite(pub) and np.isfinite(pub_best) else math.nan,
-            })
+            rows.append(
+                {
+                    "cohort": cohort,
+                    "model": model,
+                    "best_unimodal": best,
+                    "uplift_mean": per_fold.mean() if len(per_fold) else math.nan,
+                    "uplift_std": per_fold.std(ddof=0) if len(per_fold) else math.nan,
+                    "folds": len(per_fold),
+                    "published_uplift": 100 * (pub / pub_best - 1)
+                    if np.isfinite(pub) and np.isfinite(pub_best)
+                    else math.nan,
+                }
+            )
     df = pd.DataFrame(rows, columns=UPLIFT_COLUMNS)
     if len(df):
-        mean = df.groupby("model", sort=False).agg(
-            uplift_mean=("uplift_mean", "mean"), uplift_std=("uplift_mean", lambda v: v.std(ddof=0)),
-            folds=("folds", "sum"), published_uplift=("published_uplift", "mean"),
-        ).reset_index()
+        mean = (
+            df.groupby("model", sort=False)
+            .agg(
+                uplift_mean=("uplift_mean", "mean"),
+                uplift_std=("uplift_mean", lambda v: v.std(ddof=0)),
+                folds=("folds", "sum"),
+                published_uplift=("published_uplift", "mean"),
+            )
+            .reset_index()
+        )
         mean["cohort"], mean["best_unimodal"] = MEAN_GROUP, ""
         df = pd.concat([df, mean[UPLIFT_COLUMNS]], ignore_index=True)
     return df
@@ -86,8 +98,15 @@ def plot_uplift(table: pd.DataFrame, out_png: str | Path, title: str = "Uplift o
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * max(1, table["cohort"].nunique()) + 2), 4), dpi=120)
     if table.empty:
-        ax.text(0.5, 0.5, "no uplift: the paper models need both unimodal and multimodal models",
-                ha="center", va="center", wrap=True, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no uplift: the paper models need both unimodal and multimodal models",
+            ha="center",
+            va="center",
+            wrap=True,
+            transform=ax.transAxes,
+        )
         ax.axis("off")
     else:
         cohorts = list(dict.fromkeys(table["cohort"]))
@@ -100,8 +119,14 @@ def plot_uplift(table: pd.DataFrame, out_png: str | Path, title: str = "Uplift o
             ax.bar(pos, sub["uplift_mean"], width, yerr=sub["uplift_std"].fillna(0), capsize=3, label=model)
             ok = sub["published_uplift"].notna().to_numpy()
             if ok.any():
-                ax.scatter(pos[ok], sub["published_uplift"][ok], marker="x", color="black", zorder=3,
-                           label="published" if j == 0 else None)
+                ax.scatter(
+                    pos[ok],
+                    sub["published_uplift"][ok],
+                    marker="x",
+                    color="black",
+                    zorder=3,
+                    label="published" if j == 0 else None,
+                )
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xticks(x, [c if c == MEAN_GROUP else f"{c}\n(vs {_best(table, c)})" for c in cohorts], fontsize=8)
         ax.set_ylabel("c-index uplift (%)")
@@ -134,6 +159,12 @@ def write_uplift(
     write_tsv(table, out_tsv, float_format="%.4f")
     plot_uplift(table, out_png)
     for _, r in table.iterrows():
-        log.info("uplift %s %s: %.2f %% +- %.2f (vs %s)", r["cohort"], r["model"], r["uplift_mean"], r["uplift_std"],
-                 r["best_unimodal"] or "each cohort's best")
+        log.info(
+            "uplift %s %s: %.2f %% +- %.2f (vs %s)",
+            r["cohort"],
+            r["model"],
+            r["uplift_mean"],
+            r["uplift_std"],
+            r["best_unimodal"] or "each cohort's best",
+        )
     return table

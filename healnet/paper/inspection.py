@@ -39,8 +39,7 @@ def top_patches(bags, scores: np.ndarray, k: int) -> pd.DataFrame:
     if len(scores) != n:
         raise ValueError(f"{len(scores)} patch attention scores for {n} patches")
     parts = [
-        pd.DataFrame({"slide_id": b.slide_id, "x": b.coords[:, 0], "y": b.coords[:, 1],
-                      "size_level0": level0_size(b)})
+        pd.DataFrame({"slide_id": b.slide_id, "x": b.coords[:, 0], "y": b.coords[:, 1], "size_level0": level0_size(b)})
         for b in bags
     ]
     df = pd.concat(parts, ignore_index=True).assign(attention=np.asarray(scores, dtype=float))
@@ -123,8 +122,13 @@ def _inspect(model: str, cohort, eval_cfg, paper_cfg, patching_cfg, out: Path) -
     for a in attend(cohort, model, ("highest_risk",)):
         index += write_maps(a, out, a.case, eval_cfg, slide_paths, plot_features=True)
         if WSI in a.scores:
-            tiles = save_tiles(top_patches(a.bags, a.scores[WSI], paper_cfg.top_patches), slide_paths, a.case,
-                               patching_cfg.patch_size, out)
+            tiles = save_tiles(
+                top_patches(a.bags, a.scores[WSI], paper_cfg.top_patches),
+                slide_paths,
+                a.case,
+                patching_cfg.patch_size,
+                out,
+            )
             write_tsv(tiles, out / "tiles.tsv", float_format="%.6g")
             index += [{**a.base, "modality": WSI, "kind": "tile", "file": f} for f in tiles["file"] if f]
             if (out / f"{a.case}_top_patches.png").exists():

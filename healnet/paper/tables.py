@@ -43,13 +43,18 @@ def load_published() -> pd.DataFrame:
         return pd.read_csv(fh, sep="\t", comment="#", dtype={"cindex": float})
 
 
-def published_value(published: pd.DataFrame, table: str, row: str | None, cohort_key: str,
-                    source: str = PUBLISHED_SOURCE) -> float:
+def published_value(
+    published: pd.DataFrame, table: str, row: str | None, cohort_key: str, source: str = PUBLISHED_SOURCE
+) -> float:
     """One published c-index, NaN when the paper has none (e.g. the demo cohort)."""
     if row is None:
         return math.nan
-    hit = published[(published["source"] == source) & (published["table"] == table)
-                     & (published["model"] == row) & (published["cohort"] == cohort_key)]
+    hit = published[
+        (published["source"] == source)
+        & (published["table"] == table)
+        & (published["model"] == row)
+        & (published["cohort"] == cohort_key)
+    ]
     return float(hit["cindex"].iloc[0]) if len(hit) else math.nan
 
 
@@ -79,8 +84,11 @@ def fold_summary(table: pd.DataFrame, path: str | Path, model: str, scenario: st
         return {"mean": math.nan, "std": math.nan, "folds": 0}
     stat = rows.set_index("fold")["cindex"]
     folds = rows[rows["fold"].str.fullmatch(r"\d+")]
-    return {"mean": float(stat.get("mean", math.nan)), "std": float(stat.get("std", math.nan)),
-            "folds": int(folds["cindex"].notna().sum())}
+    return {
+        "mean": float(stat.get("mean", math.nan)),
+        "std": float(stat.get("std", math.nan)),
+        "folds": int(folds["cindex"].notna().sum()),
+    }
 
 
 def _wide(rows: list[dict], cohorts: Sequence[str], first: list[str]) -> pd.DataFrame:
@@ -136,8 +144,12 @@ def table2(
     rows = []
     if missing_model:
         pair = ", ".join(f"{mod}: {m}" for mod, m in unimodal.items())
-        row: dict = {"row": XOR, "model": f"xor ({pair})", "scenario": "one_random",
-                     "description": "each test patient predicted by the unimodal model of the one modality it is given"}
+        row: dict = {
+            "row": XOR,
+            "model": f"xor ({pair})",
+            "scenario": "one_random",
+            "description": "each test patient predicted by the unimodal model of the one modality it is given",
+        }
         for c in cohorts:
             path, table = xor[c]
             row.update({f"{c}_{k}": v for k, v in fold_summary(table, path, XOR, "one_random").items()})
@@ -145,8 +157,10 @@ def table2(
         rows.append(row)
     for model in multimodal:
         pub = published_as.get(model)
-        for scenario, desc in (("one_random", "each test patient given one of its modalities (50/50 by seed)"),
-                               ("all", "all modalities (Table 1)")):
+        for scenario, desc in (
+            ("one_random", "each test patient given one of its modalities (50/50 by seed)"),
+            ("all", "all modalities (Table 1)"),
+        ):
             row = {"row": f"{model}:{scenario}", "model": model, "scenario": scenario, "description": desc}
             for c in cohorts:
                 if scenario == "all":
@@ -206,8 +220,18 @@ def write_tables(
     published = load_published()
     rows = list(paper_cfg.models) + [m for m in paper_cfg.references if m not in paper_cfg.models]
     t1 = table1(cindex, rows, modalities, paper_cfg.published_as, cohort_keys, published)
-    t2 = table2(cindex, missing, xor, paper_cfg.models, modalities, paper_cfg.missing_model,
-                paper_cfg.unimodal, paper_cfg.published_as, cohort_keys, published)
+    t2 = table2(
+        cindex,
+        missing,
+        xor,
+        paper_cfg.models,
+        modalities,
+        paper_cfg.missing_model,
+        paper_cfg.unimodal,
+        paper_cfg.published_as,
+        cohort_keys,
+        published,
+    )
     write_tsv(t1, out_table1, float_format="%.4f")
     write_tsv(t2, out_table2, float_format="%.4f")
     md = (
@@ -215,11 +239,16 @@ def write_tables(
         + "\n"
         + markdown(t2, cohorts, ["model", "scenario"], "Table 2: missing modalities at inference (c-index)")
         + f"\n{CITATION} Cohort columns without a published value show –."
-        + (f" Classical references (fitted on each fold's training patients): {', '.join(paper_cfg.references)}."
-           if paper_cfg.references else "")
+        + (
+            f" Classical references (fitted on each fold's training patients): {', '.join(paper_cfg.references)}."
+            if paper_cfg.references
+            else ""
+        )
         + "\n"
     )
     write_text(md, out_table1_md)
     for _, r in t1.iterrows():
-        log.info("table 1 %s: %s", r["model"], ", ".join(f"{c} {_cell(r[f'{c}_mean'], r[f'{c}_std'])}" for c in cohorts))
+        log.info(
+            "table 1 %s: %s", r["model"], ", ".join(f"{c} {_cell(r[f'{c}_mean'], r[f'{c}_std'])}" for c in cohorts)
+        )
     return t1, t2

@@ -88,8 +88,8 @@ def load_labels(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"labels file {path}: missing column(s) {missing}; expected {COLUMNS}; regenerate it")
-    return df[COLUMNS].set_index("case_id").astype(
-        {"survival_months": float, "censorship": int, "event": int, "bin": int}
+    return (
+        df[COLUMNS].set_index("case_id").astype({"survival_months": float, "censorship": int, "event": int, "bin": int})
     )
 
 

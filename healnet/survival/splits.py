@@ -61,7 +61,9 @@ def read_split_file(path: str | Path, known: pd.Index) -> tuple[list[str], list[
     df = pd.read_csv(path, dtype=str)
     missing = [c for c in ("train", "val") if c not in df.columns]
     if missing:
-        raise ValueError(f"split file {path}: missing column(s) {missing}; found {list(df.columns)}. Expected columns train, val")
+        raise ValueError(
+            f"split file {path}: missing column(s) {missing}; found {list(df.columns)}. Expected columns train, val"
+        )
     parts = {}
     for col in ("train", "val"):
         ids = df[col].dropna().str.strip()

@@ -38,8 +38,13 @@ class SlideBag:
 class WsiBags:
     """Patch-feature bags per patient, held in memory or read from the feature stores on demand."""
 
-    def __init__(self, slides: dict[str, list[str]], feature_dim: int, loader: Callable[[str], SlideBag],
-                 encoder: dict | None = None):
+    def __init__(
+        self,
+        slides: dict[str, list[str]],
+        feature_dim: int,
+        loader: Callable[[str], SlideBag],
+        encoder: dict | None = None,
+    ):
         self.slides = {case: ids for case, ids in slides.items() if ids}  # cases with >= 1 patch
         self.feature_dim = feature_dim
         self.encoder = encoder  # {"encoder": name, "weights": ...} of the stores (None: in-memory bags)
@@ -56,9 +61,7 @@ class WsiBags:
         return cls(slides, dims.pop() if dims else 0, by_id.__getitem__)
 
     @classmethod
-    def from_stores(
-        cls, paths: Iterable[str | Path], sheet: pd.DataFrame, cache_bytes: int = 2 << 30
-    ) -> WsiBags:
+    def from_stores(cls, paths: Iterable[str | Path], sheet: pd.DataFrame, cache_bytes: int = 2 << 30) -> WsiBags:
         """Feature stores (`healnet.wsi.store`) mapped to patients through the sample sheet.
 
         Failed and no-tissue slides (N = 0) are left out, so a patient none of whose slides has
@@ -84,8 +87,10 @@ class WsiBags:
                 skipped.append(f"{slide_id} ({store.attrs.get('status')}: {store.attrs.get('reason', '')})")
                 continue
             dims.add(int(store.features.shape[1]))
-            encoders.setdefault(store.attrs.get("encoder"), {"encoder": store.attrs.get("encoder"),
-                                                             "weights": store.attrs.get("weights")})
+            encoders.setdefault(
+                store.attrs.get("encoder"),
+                {"encoder": store.attrs.get("encoder"), "weights": store.attrs.get("weights")},
+            )
             slides.setdefault(case_of[slide_id], []).append(slide_id)
             path_of[slide_id] = Path(path)
             total += store.features.nbytes
@@ -94,7 +99,9 @@ class WsiBags:
         if len(dims) > 1:
             raise ValueError(f"feature stores have different feature sizes {sorted(dims)}; use one encoder per cohort")
         if len(encoders) > 1:
-            raise ValueError(f"feature stores come from different encoders {sorted(map(str, encoders))}; use one encoder per cohort")
+            raise ValueError(
+                f"feature stores come from different encoders {sorted(map(str, encoders))}; use one encoder per cohort"
+            )
         if skipped:
             log.info("%d slides without patches (left out): %s", len(skipped), ", ".join(skipped))
         if total > cache_bytes:
@@ -200,7 +207,10 @@ class FoldData:
             # score a patient without slides); cindex.tsv counts them (`excluded`), so INFO, not WARNING.
             log.info(
                 "%s split: %d of %d patients have none of the modalities %s and are left out",
-                split, int((~has_any).sum()), len(idx), list(modalities),
+                split,
+                int((~has_any).sum()),
+                len(idx),
+                list(modalities),
             )
         return idx[has_any]
 
@@ -321,15 +331,26 @@ def read_fold_labels(labels_path: str | Path, fold_path: str | Path) -> tuple[pd
     fold = load_fold(fold_path).reset_index()
     unknown = sorted(set(fold["case_id"]) - set(labels.index))
     if unknown:
-        log.warning("%s: %d patients have no survival label and are left out (e.g. %s)", fold_path, len(unknown), unknown[:3])
+        log.warning(
+            "%s: %d patients have no survival label and are left out (e.g. %s)", fold_path, len(unknown), unknown[:3]
+        )
     df = fold.merge(labels.reset_index(), on="case_id", how="inner")
     if df.empty:
-        raise ValueError(f"{fold_path}: no patient of this fold has a label in {labels_path}; check both come from one cohort")
+        raise ValueError(
+            f"{fold_path}: no patient of this fold has a label in {labels_path}; check both come from one cohort"
+        )
     return labels, df
 
 
-def fold_data(df: pd.DataFrame, edges: np.ndarray, bins: np.ndarray, omics: pd.DataFrame | None, transform,
-              wsi: WsiBags | None, source: str | Path | None = "omics") -> FoldData:
+def fold_data(
+    df: pd.DataFrame,
+    edges: np.ndarray,
+    bins: np.ndarray,
+    omics: pd.DataFrame | None,
+    transform,
+    wsi: WsiBags | None,
+    source: str | Path | None = "omics",
+) -> FoldData:
     """FoldData of the patients of `df` (case_id, split, survival_months, event), omics through a
     fitted `transform` (no statistics of these patients are computed here)."""
     case_ids = df["case_id"].tolist()
@@ -337,14 +358,23 @@ def fold_data(df: pd.DataFrame, edges: np.ndarray, bins: np.ndarray, omics: pd.D
     if transform is not None:
         tabular, present, names = tabular_arrays(transform, omics, case_ids, source)
     return FoldData(
-        case_ids=case_ids, time=df["survival_months"].to_numpy(dtype=float), event=df["event"].to_numpy(dtype=int),
-        bins=np.asarray(bins, dtype=int), edges=np.asarray(edges, dtype=float), tabular=tabular,
-        tabular_present=present, feature_names=names, wsi=wsi, split_of=df["split"].to_numpy(dtype=str),
+        case_ids=case_ids,
+        time=df["survival_months"].to_numpy(dtype=float),
+        event=df["event"].to_numpy(dtype=int),
+        bins=np.asarray(bins, dtype=int),
+        edges=np.asarray(edges, dtype=float),
+        tabular=tabular,
+        tabular_present=present,
+        feature_names=names,
+        wsi=wsi,
+        split_of=df["split"].to_numpy(dtype=str),
         transform=transform,
     )
 
 
-def read_bags(feature_stores: Sequence[str | Path], sheet_path: str | Path | None, cache_bytes: int = 2 << 30) -> WsiBags:
+def read_bags(
+    feature_stores: Sequence[str | Path], sheet_path: str | Path | None, cache_bytes: int = 2 << 30
+) -> WsiBags:
     """The cohort's WSI bags from its feature stores and sample sheet."""
     if sheet_path is None:
         raise ValueError("feature stores given without a sample sheet; pass --sheet to map slides to patients")

@@ -125,7 +125,15 @@ def train_fold(
     frames, logs, checkpoint = [], [], None
     for s in range(n_seeds):
         model, train_log, epoch = fit_model(
-            data, architecture, mods, params, cfg, fold, cfg.seed + fold + SEED_STRIDE * s, model_name, device,
+            data,
+            architecture,
+            mods,
+            params,
+            cfg,
+            fold,
+            cfg.seed + fold + SEED_STRIDE * s,
+            model_name,
+            device,
         )
         frames.append(held_out_predictions(model, data, mods, cfg, device, fold, s))
         logs.append(train_log.assign(seed=s))
@@ -147,8 +155,9 @@ def usable_modalities(data: FoldData, modalities: Sequence[str], model_name: str
     return mods
 
 
-def held_out_predictions(model: torch.nn.Module, data: FoldData, mods: Sequence[str], cfg, device, fold: int,
-                     seed_index: int) -> pd.DataFrame:
+def held_out_predictions(
+    model: torch.nn.Module, data: FoldData, mods: Sequence[str], cfg, device, fold: int, seed_index: int
+) -> pd.DataFrame:
     """predictions.tsv rows of one seed: the fold's test patients."""
     test_idx = data.split_indices("test", mods)
     pred = predict(model, data, test_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
@@ -159,8 +168,18 @@ def held_out_predictions(model: torch.nn.Module, data: FoldData, mods: Sequence[
     return frame
 
 
-def run_checkpoint(model: torch.nn.Module, data: FoldData, architecture: str, mods: Sequence[str], params: dict,
-                   cfg, fold: int, epoch: int, n_seeds: int, model_name: str) -> dict:
+def run_checkpoint(
+    model: torch.nn.Module,
+    data: FoldData,
+    architecture: str,
+    mods: Sequence[str],
+    params: dict,
+    cfg,
+    fold: int,
+    epoch: int,
+    n_seeds: int,
+    model_name: str,
+) -> dict:
     """Everything a run needs to score new patients (`healnet.inference.load_run`): the weights (with the
     WSI centre buffer) and what was fitted on the fold's training patients (omics transform, bin edges)."""
     tabular = [m for m in mods if m != WSI]
@@ -244,8 +263,15 @@ def fit_model(
     model = model.to(device)
     log.info(
         "model %s (%s, %d parameters), fold %d, seed %d: %d train / %d val patients, modalities %s, device %s",
-        model_name, architecture, sum(p.numel() for p in model.parameters()), fold, seed,
-        len(train_idx), len(val_idx), list(mods), device,
+        model_name,
+        architecture,
+        sum(p.numel() for p in model.parameters()),
+        fold,
+        seed,
+        len(train_idx),
+        len(val_idx),
+        list(mods),
+        device,
     )
     return run_epochs(model, data, train_idx, val_idx, mods, cfg, fold, seed, stopper, model_name, device)
 
@@ -279,9 +305,19 @@ class EarlyStopping:
         return self.bad >= self.patience
 
 
-def run_epochs(model: torch.nn.Module, data: FoldData, train_idx: np.ndarray, val_idx: np.ndarray,
-               mods: Sequence[str], cfg, fold: int, seed: int, stopper: EarlyStopping | None,
-               model_name: str, device: torch.device) -> tuple[torch.nn.Module, pd.DataFrame, int]:
+def run_epochs(
+    model: torch.nn.Module,
+    data: FoldData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    mods: Sequence[str],
+    cfg,
+    fold: int,
+    seed: int,
+    stopper: EarlyStopping | None,
+    model_name: str,
+    device: torch.device,
+) -> tuple[torch.nn.Module, pd.DataFrame, int]:
     """The epoch loop: train, score the inner val split, stop early; (model, log, epoch it holds)."""
     opt = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -294,7 +330,13 @@ def run_epochs(model: torch.nn.Module, data: FoldData, train_idx: np.ndarray, va
         else:
             order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         loss, c_train = train_epoch(model, opt, data, order, mods, cfg, rng, device, desc=f"epoch {epoch}")
-        row = {"epoch": epoch, "train_loss": loss, "train_cindex": c_train, "val_loss": math.nan, "val_cindex": math.nan}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_cindex": c_train,
+            "val_loss": math.nan,
+            "val_cindex": math.nan,
+        }
         if len(val_idx):
             pv = predict(model, data, val_idx, mods, cfg.eval_batch_size, device, alpha=cfg.alpha)
             row["val_loss"] = pv.loss
@@ -320,12 +362,20 @@ def fit_closed_form(model, data: FoldData, train_idx, val_idx, mods, seed: int, 
     info = model.fit(x, data.time[train_idx], data.event[train_idx], data.edges, seed=seed)
     row = {"epoch": 1, "train_loss": math.nan, "val_loss": math.nan, "val_cindex": math.nan}
     model.eval()
-    row["train_cindex"] = cindex(data.time[train_idx], data.event[train_idx],
-                                 predict(model, data, train_idx, mods, len(train_idx)).risk)
+    row["train_cindex"] = cindex(
+        data.time[train_idx], data.event[train_idx], predict(model, data, train_idx, mods, len(train_idx)).risk
+    )
     if len(val_idx):
-        row["val_cindex"] = cindex(data.time[val_idx], data.event[val_idx],
-                                   predict(model, data, val_idx, mods, len(val_idx)).risk)
+        row["val_cindex"] = cindex(
+            data.time[val_idx], data.event[val_idx], predict(model, data, val_idx, mods, len(val_idx)).risk
+        )
     row.update(seconds=time.perf_counter() - t0, **info)
-    log.info("model %s fold %d: %s fitted on %d training patients: %s", model_name, fold,
-             type(model).__name__, len(train_idx), info)
+    log.info(
+        "model %s fold %d: %s fitted on %d training patients: %s",
+        model_name,
+        fold,
+        type(model).__name__,
+        len(train_idx),
+        info,
+    )
     return model, pd.DataFrame([row]).assign(best=True), 1

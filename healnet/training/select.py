@@ -38,11 +38,16 @@ class Recipe:
 def subset(data: FoldData, rows: np.ndarray, split_of: np.ndarray) -> FoldData:
     """The patients `rows` of a fold, with new split labels (same bins, edges, transform)."""
     return FoldData(
-        case_ids=[data.case_ids[i] for i in rows], time=data.time[rows], event=data.event[rows],
-        bins=data.bins[rows], edges=data.edges,
+        case_ids=[data.case_ids[i] for i in rows],
+        time=data.time[rows],
+        event=data.event[rows],
+        bins=data.bins[rows],
+        edges=data.edges,
         tabular={m: v[rows] for m, v in data.tabular.items()},
         tabular_present={m: v[rows] for m, v in data.tabular_present.items()},
-        feature_names=data.feature_names, wsi=data.wsi, split_of=np.asarray(split_of, dtype=str),
+        feature_names=data.feature_names,
+        wsi=data.wsi,
+        split_of=np.asarray(split_of, dtype=str),
         transform=data.transform,
     )
 
@@ -88,13 +93,20 @@ def select_recipe(
             inner = inner_fold(data, fraction, seed + r)
             mods = inner.available(recipe.modalities)
             cfg = replace_training(recipe.training, early_stopping_patience=None)
-            _, train_log, _ = fit_model(inner, recipe.architecture, mods, dict(recipe.params), cfg, fold,
-                                        seed + r, f"select:{name}", device)
+            _, train_log, _ = fit_model(
+                inner, recipe.architecture, mods, dict(recipe.params), cfg, fold, seed + r, f"select:{name}", device
+            )
             curves.append(train_log["val_cindex"].to_numpy(dtype=float))
         curve = smooth(np.nanmean(np.vstack(curves), axis=0))
         best = int(np.nanargmax(curve))
-        rows.append({"candidate": name, "score": float(curve[best]), "epochs": best + 1,
-                     "curve": " ".join(f"{v:.3f}" for v in curve)})
+        rows.append(
+            {
+                "candidate": name,
+                "score": float(curve[best]),
+                "epochs": best + 1,
+                "curve": " ".join(f"{v:.3f}" for v in curve),
+            }
+        )
         log.info("fold %d candidate %s: inner-val c-index %.3f at epoch %d", fold, name, curve[best], best + 1)
     table = pd.DataFrame(rows)
     table["chosen"] = table["score"] == table["score"].max()
@@ -113,4 +125,3 @@ def replace_training(training, **changes):
 def final_recipe(recipe: Recipe, epochs: int) -> Recipe:
     """The chosen recipe with the epoch count the inner validation found."""
     return replace(recipe, training=replace_training(recipe.training, epochs=epochs, early_stopping_patience=None))
-

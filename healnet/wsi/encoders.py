@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WeightsInfo:
-    source: str                 # "hub", "file" or "random"
-    name: str                   # timm model name (and the file for "file")
-    sha256: str                 # of the weights file, else of the state dict
+    source: str  # "hub", "file" or "random"
+    name: str  # timm model name (and the file for "file")
+    sha256: str  # of the weights file, else of the state dict
     random: bool
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -45,8 +45,15 @@ class WeightsInfo:
 class PatchEncoder(nn.Module):
     """uint8 (B, H, W, 3) -> float32 (B, D): scale, resize if needed, normalise, backbone, pool."""
 
-    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float], image_size: int,
-                 feature_dim: int, truncated: bool):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mean: list[float],
+        std: list[float],
+        image_size: int,
+        feature_dim: int,
+        truncated: bool,
+    ):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
@@ -59,8 +66,9 @@ class PatchEncoder(nn.Module):
         """uint8 NHWC -> normalised float NCHW (channels_last in memory: a free permute)."""
         x = x.permute(0, 3, 1, 2).float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def pool(self, out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -148,8 +156,13 @@ def _create(cfg: config.Encoder, name: str) -> tuple[nn.Module, WeightsInfo]:
         torch.manual_seed(cfg.seed)
         model = timm.create_model(cfg.model, pretrained=False)
     # INFO per slide: the workflow warns once per run for a non-synthetic cohort (Config.random_weight_cohorts).
-    log.info("encoder %s: RANDOM weights (%s, seed %d, pretrained: false) - for tests and the synthetic "
-             "demo only; features carry no pretrained knowledge", name, cfg.model, cfg.seed)
+    log.info(
+        "encoder %s: RANDOM weights (%s, seed %d, pretrained: false) - for tests and the synthetic "
+        "demo only; features carry no pretrained knowledge",
+        name,
+        cfg.model,
+        cfg.seed,
+    )
     return model, WeightsInfo("random", cfg.model, state_dict_sha256(model), True, {"seed": cfg.seed})
 
 
@@ -178,8 +191,15 @@ def build_encoder(name: str, cfg: config.Encoder) -> tuple[PatchEncoder, Weights
         model.reset_classifier(0)
         backbone, dim = model, int(model.num_features)
     encoder = PatchEncoder(backbone, mean, std, cfg.image_size, dim, bool(cfg.truncate_after)).eval()
-    log.info("encoder %s: %s%s, %d-d, weights %s (sha256 %s...)", name, cfg.model,
-             f" up to {cfg.truncate_after}" if cfg.truncate_after else "", dim, weights.source, weights.sha256[:12])
+    log.info(
+        "encoder %s: %s%s, %d-d, weights %s (sha256 %s...)",
+        name,
+        cfg.model,
+        f" up to {cfg.truncate_after}" if cfg.truncate_after else "",
+        dim,
+        weights.source,
+        weights.sha256[:12],
+    )
     return encoder, weights
 
 
@@ -233,5 +253,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and precision == "bf16" and not cpu_native_bf16():
-        log.warning("features.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); expect it slower than fp32")
+        log.warning(
+            "features.precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); expect it slower than fp32"
+        )
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 FREEZE_MIN_PATCHES = 1000
 
 
-def make_regions(coords: np.ndarray, geometry: PatchGeometry, region_patches: int,
-                 tile_size: tuple[int, int] = (256, 256)) -> list[np.ndarray]:
+def make_regions(
+    coords: np.ndarray, geometry: PatchGeometry, region_patches: int, tile_size: tuple[int, int] = (256, 256)
+) -> list[np.ndarray]:
     """Group patch indices into regions: blocks of the level's tile grid about `region_patches`
     patches wide, in raster order. Each region is read with one call."""
     ds = geometry.level_downsample
@@ -88,10 +89,10 @@ def read_region_patches(slide: Slide, coords: np.ndarray, geometry: PatchGeometr
             raise
         # The region's box may hold a tile under none of its patches that does not decode (a corrupt
         # tile whose patches were dropped, healnet/wsi/integrity.py): read patch by patch instead.
-        return np.concatenate([read_region_patches(slide, coords[i:i + 1], geometry) for i in range(len(coords))])
+        return np.concatenate([read_region_patches(slide, coords[i : i + 1], geometry) for i in range(len(coords))])
     out = np.empty((len(coords), size, size, 3), np.uint8)
     for i, (ox, oy) in enumerate(offsets):
-        out[i] = area_resize(region[oy:oy + read, ox:ox + read], (size, size))
+        out[i] = area_resize(region[oy : oy + read, ox : ox + read], (size, size))
     return out
 
 
@@ -100,8 +101,15 @@ class RegionReader(IterableDataset):
     reads a contiguous share of the regions. A SlideError is passed on as a value, because DataLoader
     re-raises worker exceptions as plain RuntimeErrors with a traceback for a message."""
 
-    def __init__(self, path: str, coords: np.ndarray, geometry: PatchGeometry, region_patches: int,
-                 cache_mb: int, tile_size: tuple[int, int]):
+    def __init__(
+        self,
+        path: str,
+        coords: np.ndarray,
+        geometry: PatchGeometry,
+        region_patches: int,
+        cache_mb: int,
+        tile_size: tuple[int, int],
+    ):
         self.path, self.coords, self.geometry, self.cache_mb = path, coords, geometry, cache_mb
         self.regions = make_regions(coords, geometry, region_patches, tile_size)
 
@@ -125,15 +133,23 @@ class RegionReader(IterableDataset):
                     return
 
 
-def iter_patches(path: str, coords: np.ndarray, geometry: PatchGeometry,
-                 params: config.Features) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_patches(
+    path: str, coords: np.ndarray, geometry: PatchGeometry, params: config.Features
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, uint8 patches) for every patch, in region batches, from `num_workers` readers."""
     with Slide(path) as probe:
         tile = probe.tile_size(geometry.level)
     dataset = RegionReader(str(path), coords, geometry, params.region_patches, params.cache_mb, tile)
     workers = min(params.num_workers, len(dataset.regions))
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
-                        prefetch_factor=3 if workers else None, persistent_workers=False, in_order=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=False,
+        prefetch_factor=3 if workers else None,
+        persistent_workers=False,
+        in_order=False,
+    )
     for idx, patches, error in loader:
         idx = np.asarray(idx)
         if error is not None:
@@ -183,8 +199,12 @@ def extract_features(
     # main process goes straight back to receiving patches.
     b, size = params.batch_size, geometry.patch_size
     upload = cuda and plan is None
-    buffers = [torch.empty((b, size, size, 3), dtype=torch.uint8, pin_memory=upload,
-                           device=device if plan is not None else "cpu") for _ in range(2)]
+    buffers = [
+        torch.empty(
+            (b, size, size, 3), dtype=torch.uint8, pin_memory=upload, device=device if plan is not None else "cpu"
+        )
+        for _ in range(2)
+    ]
     uploaded: list[torch.cuda.Event | None] = [None, None]
     outputs: list[torch.Tensor] = []
     done: list[np.ndarray] = []
@@ -207,18 +227,23 @@ def extract_features(
         batch_idx, slot, fill = [], 1 - slot, 0
         bar.update(count)
 
-    with tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar, \
-            main_threads(1 if cuda else torch.get_num_threads()):
-        patches = (iter_patches(path, coords, geometry, params) if plan is None
-                   else iter_device_patches(path, coords, geometry, params, plan))
+    with (
+        tqdm(total=n, unit="patch", desc=desc or "features", mininterval=2.0, leave=False) as bar,
+        main_threads(1 if cuda else torch.get_num_threads()),
+    ):
+        patches = (
+            iter_patches(path, coords, geometry, params)
+            if plan is None
+            else iter_device_patches(path, coords, geometry, params, plan)
+        )
         for idx, imgs in patches:
             pos = 0
             while pos < len(idx):
                 if fill == 0 and uploaded[slot] is not None:
                     uploaded[slot].synchronize()
                 take = min(b - fill, len(idx) - pos)
-                buffers[slot][fill:fill + take] = torch.as_tensor(imgs[pos:pos + take])  # numpy or on the device
-                batch_idx.append(idx[pos:pos + take])
+                buffers[slot][fill : fill + take] = torch.as_tensor(imgs[pos : pos + take])  # numpy or on the device
+                batch_idx.append(idx[pos : pos + take])
                 fill, pos = fill + take, pos + take
                 if fill == b:
                     launch(b)
@@ -230,6 +255,14 @@ def extract_features(
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("nan")
     decode = plan.describe() if plan else "cpu JPEG decoding in the readers"
-    log.info("%s: %d patches in %.1f s (%.1f patches/s) on %s%s, %s", desc or path, n, seconds, rate, device,
-             f" with {amp_dtype} autocast" if amp_dtype else "", decode)
+    log.info(
+        "%s: %d patches in %.1f s (%.1f patches/s) on %s%s, %s",
+        desc or path,
+        n,
+        seconds,
+        rate,
+        device,
+        f" with {amp_dtype} autocast" if amp_dtype else "",
+        decode,
+    )
     return out, {"seconds": round(seconds, 3), "patches_per_s": round(rate, 2), "decode": decode}

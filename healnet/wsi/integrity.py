@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 JPEG = {7}
 JPEG2000 = {33003, 33005, 34712}  # Aperio YCbCr / RGB JPEG 2000, generic JPEG 2000
-MAX_LISTED = 100                  # tile boxes kept in the attrs (the count is always exact)
+MAX_LISTED = 100  # tile boxes kept in the attrs (the count is always exact)
 
 
 # --- codestream checks (pure functions on the bytes of one tile) ---------------------------------------
@@ -95,7 +95,7 @@ def check_jpeg2000(buf: bytes) -> str | None:
         pos += 2 + _u16(buf, pos + 2)
     parts = 0
     while pos + 12 <= n and _u16(buf, pos) == 0xFF90:
-        psot = int.from_bytes(buf[pos + 6:pos + 10], "big")
+        psot = int.from_bytes(buf[pos + 6 : pos + 10], "big")
         end = n - 2 if psot == 0 else pos + psot  # Psot 0: the last tile-part runs up to EOC
         if end > n - 2:
             return f"tile-part {parts} is cut short ({psot} bytes announced, {n - pos} present)"
@@ -119,19 +119,22 @@ def check_jpeg2000(buf: bytes) -> str | None:
 
 # --- the tiles under a set of patches -----------------------------------------------------------------
 
+
 @dataclass
 class TileCheck:
     """What the check found for one slide (recorded in the patch and feature store attrs)."""
 
-    method: str                               # "jpeg", "jpeg2000", or why nothing was checked
+    method: str  # "jpeg", "jpeg2000", or why nothing was checked
     level: int
     tiles_checked: int = 0
     corrupt: list[tuple[int, int, int, int, str]] = field(default_factory=list)  # level-0 x, y, w, h, why
-    bad_patches: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))    # per patch
+    bad_patches: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per patch
 
     def to_attrs(self) -> dict[str, Any]:
         return {
-            "tile_check": self.method, "tiles_checked": self.tiles_checked, "corrupt_tiles": len(self.corrupt),
+            "tile_check": self.method,
+            "tiles_checked": self.tiles_checked,
+            "corrupt_tiles": len(self.corrupt),
             "corrupt_tile_level": self.level,
             "corrupt_tile_boxes": [list(c[:4]) for c in self.corrupt[:MAX_LISTED]],
             "corrupt_tile_reasons": sorted({c[4] for c in self.corrupt})[:10],
@@ -141,18 +144,22 @@ class TileCheck:
     def summary(self) -> str:
         boxes = ", ".join(f"({x}, {y})" for x, y, *_ in self.corrupt[:5])
         more = f" and {len(self.corrupt) - 5} more" if len(self.corrupt) > 5 else ""
-        return (f"{len(self.corrupt)} corrupt tile(s) at level {self.level} (level-0 top-left {boxes}{more}; "
-                f"{self.corrupt[0][4]}) under {int(self.bad_patches.sum())} patch(es)")
+        return (
+            f"{len(self.corrupt)} corrupt tile(s) at level {self.level} (level-0 top-left {boxes}{more}; "
+            f"{self.corrupt[0][4]}) under {int(self.bad_patches.sum())} patch(es)"
+        )
 
 
 def _level_page(tif, dims: tuple[int, int]):
     """The tiled TIFF page of a pyramid level, by its size."""
-    return next((p for p in tif.pages if getattr(p, "is_tiled", False)
-                 and (p.imagewidth, p.imagelength) == tuple(dims)), None)
+    return next(
+        (p for p in tif.pages if getattr(p, "is_tiled", False) and (p.imagewidth, p.imagelength) == tuple(dims)), None
+    )
 
 
-def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
-                level_dimensions: tuple[tuple[int, int], ...]) -> TileCheck:
+def check_tiles(
+    path: str | Path, coords: np.ndarray, geometry: PatchGeometry, level_dimensions: tuple[tuple[int, int], ...]
+) -> TileCheck:
     """Check every compressed tile that the patches at `coords` read (at `geometry.level`) and mark the
     patches that touch a corrupt one. Formats without a check give `method` = why, and no bad patch."""
     import tifffile
@@ -191,8 +198,14 @@ def check_tiles(path: str | Path, coords: np.ndarray, geometry: PatchGeometry,
         span = read - 1 + 2 * pad
         tx0, tx1 = np.clip(x0 // tw, 0, per_row - 1), np.clip((x0 + span) // tw, 0, per_row - 1)
         ty0, ty1 = np.clip(y0 // th, 0, rows - 1), np.clip((y0 + span) // th, 0, rows - 1)
-        needed = sorted({ty * per_row + tx for a, b, c, d in zip(tx0, tx1, ty0, ty1)
-                         for ty in range(c, d + 1) for tx in range(a, b + 1)})
+        needed = sorted(
+            {
+                ty * per_row + tx
+                for a, b, c, d in zip(tx0, tx1, ty0, ty1)
+                for ty in range(c, d + 1)
+                for tx in range(a, b + 1)
+            }
+        )
         offsets, counts = page.dataoffsets, page.databytecounts
         fd = tif.filehandle.fileno()
         bad_tiles: dict[int, str] = {}

@@ -26,20 +26,21 @@ log = logging.getLogger(__name__)
 class PatchGeometry:
     """How a slide's patches are read (recorded in the patch and feature store attrs)."""
 
-    mpp: float                  # level-0 um/px
+    mpp: float  # level-0 um/px
     target_mpp: float
-    patch_size: int             # px at target_mpp (model input before any encoder resize)
-    patch_size_level0: int      # level-0 px covered by one patch (grid step)
-    level: int                  # pyramid level read
+    patch_size: int  # px at target_mpp (model input before any encoder resize)
+    patch_size_level0: int  # level-0 px covered by one patch (grid step)
+    level: int  # pyramid level read
     level_downsample: float
-    read_size: int              # px read at `level`, resized to patch_size
+    read_size: int  # px read at `level`, resized to patch_size
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def patch_geometry(mpp: float, downsamples: tuple[float, ...] | list[float], params: config.Patching,
-                   path: str = "") -> PatchGeometry:
+def patch_geometry(
+    mpp: float, downsamples: tuple[float, ...] | list[float], params: config.Patching, path: str = ""
+) -> PatchGeometry:
     """Choose the level and sizes; a slide coarser than the target (beyond tolerance) is an error,
     never silently patched at another magnification."""
     target_ds = params.target_mpp / mpp
@@ -75,7 +76,7 @@ def grid_fractions(
 
     ax, bx = bounds(xs, scale[0], mask.shape[1])
     ay, by = bounds(ys, scale[1], mask.shape[0])
-    inside = (integral[by][:, bx] - integral[ay][:, bx] - integral[by][:, ax] + integral[ay][:, ax])
+    inside = integral[by][:, bx] - integral[ay][:, bx] - integral[by][:, ax] + integral[ay][:, ax]
     area = np.maximum((by - ay)[:, None] * (bx - ax)[None, :], 1)
     frac = inside / area  # (ny, nx)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")

@@ -29,12 +29,18 @@ def slides_table(sheet_path: str | Path, stores: list[str | Path]) -> pd.DataFra
     rows = []
     for slide_id, case_id in zip(sheet["slide_id"], sheet["case_id"]):
         attrs = read_store_attrs(by_id[slide_id])
-        rows.append({
-            "slide_id": slide_id, "case_id": case_id, "status": attrs.get("status"),
-            "reason": attrs.get("reason") or "", "mpp": attrs.get("mpp"),
-            "tissue_mm2": attrs.get("tissue_mm2"), "n_patches": int(attrs.get("n_patches") or 0),
-            "corrupt_tiles": int(attrs.get("corrupt_tiles") or 0),  # their boxes: the store's attrs
-        })
+        rows.append(
+            {
+                "slide_id": slide_id,
+                "case_id": case_id,
+                "status": attrs.get("status"),
+                "reason": attrs.get("reason") or "",
+                "mpp": attrs.get("mpp"),
+                "tissue_mm2": attrs.get("tissue_mm2"),
+                "n_patches": int(attrs.get("n_patches") or 0),
+                "corrupt_tiles": int(attrs.get("corrupt_tiles") or 0),  # their boxes: the store's attrs
+            }
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     counts = table["status"].value_counts().to_dict()
     log.info("%d slides: %s; %d patches in all", len(table), counts, int(table["n_patches"].sum()))

@@ -80,16 +80,19 @@ def resolve_mpp(
             return None
         y = y or x
         if not (lo <= x <= hi and lo <= y <= hi):
-            log.warning("%s: ignoring implausible mpp %.4g x %.4g from %s (outside %s-%s um/px)",
-                        path, x, y, source, lo, hi)
+            log.warning(
+                "%s: ignoring implausible mpp %.4g x %.4g from %s (outside %s-%s um/px)", path, x, y, source, lo, hi
+            )
             return None
         if abs(x - y) / max(x, y) > 0.02:
             log.warning("%s: anisotropic pixels (mpp %.4g x %.4g from %s)", path, x, y, source)
         return Mpp(x, y, source)
 
     candidates = [
-        (lambda: (_float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))),
-         "openslide.mpp-x/y"),
+        (
+            lambda: (_float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))),
+            "openslide.mpp-x/y",
+        ),
         (lambda: (_float(properties.get("aperio.MPP")), None), "aperio.MPP"),
         (lambda: _tiff_resolution(properties), "tiff resolution"),
     ]
@@ -103,10 +106,17 @@ def resolve_mpp(
     power = _float(properties.get("openslide.objective-power"))
     if use_objective_power and power:
         mpp = 10.0 / power
-        log.warning("%s: no mpp in the metadata; using 10 / objective power %g = %.3f um/px "
-                    "(slide_reading.use_objective_power is on)", path, power, mpp)
+        log.warning(
+            "%s: no mpp in the metadata; using 10 / objective power %g = %.3f um/px "
+            "(slide_reading.use_objective_power is on)",
+            path,
+            power,
+            mpp,
+        )
         return Mpp(mpp, mpp, f"objective power {power:g}")
-    hint = f" (objective power {power:g} is known; slide_reading.use_objective_power: true would use it)" if power else ""
+    hint = (
+        f" (objective power {power:g} is known; slide_reading.use_objective_power: true would use it)" if power else ""
+    )
     raise SlideError(path, f"no mpp (um/px) in the slide metadata{hint}", MPP_FIX)
 
 
@@ -171,9 +181,14 @@ class TiffTiles:
 
     @classmethod
     def _suitable(cls, page) -> bool:
-        return (int(page.compression) in cls.CODECS and page.samplesperpixel == 3 and page.bitspersample == 8
-                and int(page.planarconfig) == 1 and (int(page.photometric) == 2 or int(page.compression) == 7)
-                and page.imagedepth == 1)
+        return (
+            int(page.compression) in cls.CODECS
+            and page.samplesperpixel == 3
+            and page.bitspersample == 8
+            and int(page.planarconfig) == 1
+            and (int(page.photometric) == 2 or int(page.compression) == 7)
+            and page.imagedepth == 1
+        )
 
     def close(self) -> None:
         self.tif.close()
@@ -222,7 +237,9 @@ class TiffTiles:
                 x0, y0 = max(x, tx * tw), max(y, ty * th)
                 x1, y1 = min(x + w, (tx + 1) * tw, width), min(y + h, (ty + 1) * th, height)
                 if x1 > x0 and y1 > y0:
-                    out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - ty * th:y1 - ty * th, x0 - tx * tw:x1 - tx * tw]
+                    out[y0 - y : y1 - y, x0 - x : x1 - x] = tile[
+                        y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw
+                    ]
         return out
 
 
@@ -240,7 +257,8 @@ class Slide:
             self.osr = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
             raise SlideError(
-                path, f"cannot be opened by OpenSlide ({type(err).__name__}: {err})",
+                path,
+                f"cannot be opened by OpenSlide ({type(err).__name__}: {err})",
                 "check that the file is complete (re-download it) and in a format OpenSlide reads "
                 "(https://openslide.org/formats/); convert it or drop it from the sample sheet",
             ) from None
@@ -269,8 +287,12 @@ class Slide:
                 ref = rgba_to_rgb(np.asarray(self.osr.read_region(box[:2], 0, box[2:])))
                 diff = np.abs(direct.astype(np.int16) - ref.astype(np.int16))
                 if diff.max() > 8 or diff.mean() > 0.5:
-                    log.warning("%s: direct tile decoding differs from OpenSlide (mean %.2f, max %d); using "
-                                "OpenSlide alone", self.path, diff.mean(), diff.max())
+                    log.warning(
+                        "%s: direct tile decoding differs from OpenSlide (mean %.2f, max %d); using OpenSlide alone",
+                        self.path,
+                        diff.mean(),
+                        diff.max(),
+                    )
                     tiles.close()
                     return None
             return tiles
@@ -279,15 +301,27 @@ class Slide:
             return None
 
     @classmethod
-    def open(cls, path: str | Path, reading: config.SlideReading, sheet_mpp: float | None = None,
-             cohort_mpp: float | None = None) -> Slide:
+    def open(
+        cls,
+        path: str | Path,
+        reading: config.SlideReading,
+        sheet_mpp: float | None = None,
+        cohort_mpp: float | None = None,
+    ) -> Slide:
         """Open and resolve mpp (SlideError when the file is unreadable or has no known mpp)."""
         slide = cls(path)
-        slide.mpp = resolve_mpp(slide.properties, path, sheet_mpp, cohort_mpp,
-                                reading.use_objective_power, tuple(reading.plausible_mpp))  # type: ignore[arg-type]
-        log.info("%s: %d x %d px, %d levels, mpp %.4f (%s), vendor %s", path, *slide.dimensions,
-                 len(slide.level_dimensions), slide.mpp.mean, slide.mpp.source,
-                 slide.properties.get("openslide.vendor", "?"))
+        slide.mpp = resolve_mpp(
+            slide.properties, path, sheet_mpp, cohort_mpp, reading.use_objective_power, tuple(reading.plausible_mpp)
+        )  # type: ignore[arg-type]
+        log.info(
+            "%s: %d x %d px, %d levels, mpp %.4f (%s), vendor %s",
+            path,
+            *slide.dimensions,
+            len(slide.level_dimensions),
+            slide.mpp.mean,
+            slide.mpp.source,
+            slide.properties.get("openslide.vendor", "?"),
+        )
         return slide
 
     def _reopen(self) -> None:
@@ -331,8 +365,10 @@ class Slide:
             if isinstance(err, openslide.OpenSlideError):
                 self._reopen()
             raise SlideError(
-                self.path, f"read failed at level {level}, {location} ({type(err).__name__}: {err}): corrupt or "
-                "truncated image data", "re-download or re-export the slide, or drop it from the sample sheet",
+                self.path,
+                f"read failed at level {level}, {location} ({type(err).__name__}: {err}): corrupt or "
+                "truncated image data",
+                "re-download or re-export the slide, or drop it from the sample sheet",
             ) from None
         return rgba_to_rgb(np.asarray(region))
 

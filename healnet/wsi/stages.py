@@ -53,8 +53,12 @@ def run_tissue(
     """Tissue polygons (GeoJSON, level-0 px) and the QC picture with the patch grid the next stage
     will keep. `mpp` (the sample sheet's), then `cohort_mpp`, are used only when the slide has no mpp
     (the source is recorded as `mpp_source`)."""
-    meta: dict[str, Any] = {"slide_id": slide_id, "slide_path": str(slide_path), "mpp": None,
-                            "tissue_params": tissue.model_dump()}
+    meta: dict[str, Any] = {
+        "slide_id": slide_id,
+        "slide_path": str(slide_path),
+        "mpp": None,
+        "tissue_params": tissue.model_dump(),
+    }
     try:
         with Slide.open(slide_path, reading, sheet_mpp=mpp, cohort_mpp=cohort_mpp) as slide:
             geometry = patch_geometry(slide.mpp.mean, slide.level_downsamples, patching, slide_path)
@@ -72,11 +76,15 @@ def run_tissue(
         bright = T.check_brightfield(rgb, tissue)
         meta["brightfield"] = bright.to_dict()
         if bright.problem:
-            err = SlideError(slide_path, f"not a brightfield slide: {bright.problem}",
-                             "if the cohort is fluorescence and meant to be, set tissue.slide_type: fluorescence "
-                             "(docs/slides.md); otherwise drop the slide from the sample sheet")
-            meta.update(_on_error(err, slide_id, reading), mpp=mpp_info.mean, mpp_source=mpp_info.source,
-                        dimensions=list(dims))
+            err = SlideError(
+                slide_path,
+                f"not a brightfield slide: {bright.problem}",
+                "if the cohort is fluorescence and meant to be, set tissue.slide_type: fluorescence "
+                "(docs/slides.md); otherwise drop the slide from the sample sheet",
+            )
+            meta.update(
+                _on_error(err, slide_id, reading), mpp=mpp_info.mean, mpp_source=mpp_info.source, dimensions=list(dims)
+            )
             write_text(json.dumps(T.tissue_geojson([], (1.0, 1.0), meta)), geojson_path)
             write_png(T.render_not_brightfield(rgb, bright, f"{slide_id}: FAILED, not brightfield"), qc_path)
             return meta
@@ -84,31 +92,52 @@ def run_tissue(
     coords = patch_grid(result.mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
     status, reason = OK, ""
     if not result.polygons:
-        status, reason = NO_TISSUE, (f"no tissue found (saturation threshold {result.threshold:.0f}, "
-                                     f"min_tissue_area_um2 {tissue.min_tissue_area_um2:g})")
+        status, reason = (
+            NO_TISSUE,
+            (
+                f"no tissue found (saturation threshold {result.threshold:.0f}, "
+                f"min_tissue_area_um2 {tissue.min_tissue_area_um2:g})"
+            ),
+        )
     elif not len(coords):
-        status, reason = NO_TISSUE, (f"tissue found ({result.area_mm2:.3f} mm^2) but no {patching.patch_size} px "
-                                     f"patch reaches min_tissue_fraction {patching.min_tissue_fraction}")
+        status, reason = (
+            NO_TISSUE,
+            (
+                f"tissue found ({result.area_mm2:.3f} mm^2) but no {patching.patch_size} px "
+                f"patch reaches min_tissue_fraction {patching.min_tissue_fraction}"
+            ),
+        )
     if status != OK:
         log.warning("slide %s: %s", slide_id, reason)
-    meta.update({
-        "status": status, "reason": reason,
-        "mpp": mpp_info.mean, "mpp_x": mpp_info.x, "mpp_y": mpp_info.y, "mpp_source": mpp_info.source,
-        "dimensions": list(dims), "mask_mpp": float(np.mean(um_per_px)), "mask_shape": list(result.mask.shape),
-        "scale": list(scale), "saturation_threshold": result.threshold, "tissue_mm2": round(result.area_mm2, 4),
-        "n_patches_preview": len(coords),  # the grid drawn in the QC picture; `patches` recomputes it
-        **result.info,
-    })
+    meta.update(
+        {
+            "status": status,
+            "reason": reason,
+            "mpp": mpp_info.mean,
+            "mpp_x": mpp_info.x,
+            "mpp_y": mpp_info.y,
+            "mpp_source": mpp_info.source,
+            "dimensions": list(dims),
+            "mask_mpp": float(np.mean(um_per_px)),
+            "mask_shape": list(result.mask.shape),
+            "scale": list(scale),
+            "saturation_threshold": result.threshold,
+            "tissue_mm2": round(result.area_mm2, 4),
+            "n_patches_preview": len(coords),  # the grid drawn in the QC picture; `patches` recomputes it
+            **result.info,
+        }
+    )
     write_text(json.dumps(T.tissue_geojson(result.polygons, scale, meta)), geojson_path)
-    title = (f"{slide_id}: {status}, mpp {mpp_info.mean:.3f}, tissue {result.area_mm2:.2f} mm^2, "
-             f"{len(coords)} patches of {patching.patch_size} px at {patching.target_mpp} um/px")
+    title = (
+        f"{slide_id}: {status}, mpp {mpp_info.mean:.3f}, tissue {result.area_mm2:.2f} mm^2, "
+        f"{len(coords)} patches of {patching.patch_size} px at {patching.target_mpp} um/px"
+    )
     write_png(T.render_qc(rgb, result.polygons, coords, geometry.patch_size_level0, scale, title), qc_path)
     log.info("slide %s: %s, %.2f mm^2 tissue, %d patches in the grid", slide_id, status, result.area_mm2, len(coords))
     return meta
 
 
-_CARRY = ("slide_id", "slide_path", "mpp", "mpp_x", "mpp_y", "mpp_source", "dimensions", "tissue_mm2",
-          "tissue_params")
+_CARRY = ("slide_id", "slide_path", "mpp", "mpp_x", "mpp_y", "mpp_source", "dimensions", "tissue_mm2", "tissue_params")
 
 
 def run_patches(
@@ -142,14 +171,19 @@ def run_patches(
     scale = tuple(meta["scale"])
     mask = T.mask_from_polygons(T.polygons_from_geojson(data, scale), tuple(meta["mask_shape"]))
     coords = patch_grid(mask, scale, dims, geometry.patch_size_level0, patching.min_tissue_fraction)
-    status, reason = (OK, "") if len(coords) else (NO_TISSUE, meta.get("reason") or
-                                                   "no patch reaches patching.min_tissue_fraction")
+    status, reason = (
+        (OK, "") if len(coords) else (NO_TISSUE, meta.get("reason") or "no patch reaches patching.min_tissue_fraction")
+    )
     if len(coords) and reading.on_corrupt_tiles != "ignore":
         tiles = check_tiles(slide_path, coords, geometry, level_dims)
         attrs.update(tiles.to_attrs())
         if tiles.corrupt and reading.on_corrupt_tiles == "fail":
-            err = SlideError(slide_path, tiles.summary(), "re-download or re-export the slide, or set "
-                             "slide_reading.on_corrupt_tiles: drop to drop the patches on those tiles")
+            err = SlideError(
+                slide_path,
+                tiles.summary(),
+                "re-download or re-export the slide, or set "
+                "slide_reading.on_corrupt_tiles: drop to drop the patches on those tiles",
+            )
             attrs.update(_on_error(err, slide_id, reading), **geometry.to_dict())
             write_patch_store(output, np.zeros((0, 2), np.int64), attrs)
             return attrs
@@ -160,9 +194,17 @@ def run_patches(
                 status, reason = FAILED, f"every patch is on a corrupt tile: {tiles.summary()}"
     attrs.update(status=status, reason=reason, **geometry.to_dict())
     write_patch_store(output, coords, attrs)
-    log.info("slide %s: %d patches of %d px at %.3f um/px (level %d, read %d px, %d level-0 px), status %s",
-             slide_id, len(coords), geometry.patch_size, geometry.target_mpp, geometry.level, geometry.read_size,
-             geometry.patch_size_level0, status)
+    log.info(
+        "slide %s: %d patches of %d px at %.3f um/px (level %d, read %d px, %d level-0 px), status %s",
+        slide_id,
+        len(coords),
+        geometry.patch_size,
+        geometry.target_mpp,
+        geometry.level,
+        geometry.read_size,
+        geometry.patch_size_level0,
+        status,
+    )
     return attrs
 
 
@@ -186,8 +228,13 @@ def run_features(
     store = read_patch_store(patches_path)
     attrs = dict(store.attrs)
     slide_id = attrs.get("slide_id", Path(patches_path).stem)
-    attrs.update(encoder=encoder_name, encoder_config=encoder_cfg.model_dump(),
-                 torch_version=torch.__version__, python=platform.python_version(), healnet_version=__version__)
+    attrs.update(
+        encoder=encoder_name,
+        encoder_config=encoder_cfg.model_dump(),
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        healnet_version=__version__,
+    )
     if store.status != OK or not len(store.coords):
         dim = encoder_dim(encoder_name, encoder_cfg)
         attrs.update(weights=None)
@@ -198,15 +245,21 @@ def run_features(
     device = pick_device(features.device)
     amp = autocast_dtype(features.precision, device)
     geometry = PatchGeometry(**{k: attrs[k] for k in PatchGeometry.__dataclass_fields__})
-    attrs.update(weights=weights.to_dict(), random_weights=weights.random, device=str(device),
-                 precision=str(amp).replace("torch.", "") if amp else "fp32")
+    attrs.update(
+        weights=weights.to_dict(),
+        random_weights=weights.random,
+        device=str(device),
+        precision=str(amp).replace("torch.", "") if amp else "fp32",
+    )
     try:
-        feats, timing = extract_features(slide_path, store.coords, geometry, encoder, features, device, amp,
-                                         desc=slide_id)
+        feats, timing = extract_features(
+            slide_path, store.coords, geometry, encoder, features, device, amp, desc=slide_id
+        )
     except SlideError as err:
         attrs.update(_on_error(err, slide_id, reading))
-        write_feature_store(output, np.zeros((0, encoder.feature_dim), np.float32), store.coords[:0], attrs,
-                            features.chunk_patches)
+        write_feature_store(
+            output, np.zeros((0, encoder.feature_dim), np.float32), store.coords[:0], attrs, features.chunk_patches
+        )
         return attrs
     attrs.update(timing=timing)
     write_feature_store(output, feats, store.coords, attrs, features.chunk_patches)

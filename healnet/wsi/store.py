@@ -27,8 +27,8 @@ STATUSES = (OK, FAILED, NO_TISSUE)
 
 @dataclass
 class FeatureStore:
-    features: np.ndarray                 # float32 (N, D)
-    coords: np.ndarray                   # int64 (N, 2), level-0 top-left
+    features: np.ndarray  # float32 (N, D)
+    coords: np.ndarray  # int64 (N, 2), level-0 top-left
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -38,7 +38,7 @@ class FeatureStore:
 
 @dataclass
 class PatchStore:
-    coords: np.ndarray                   # int64 (N, 2)
+    coords: np.ndarray  # int64 (N, 2)
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,7 +77,10 @@ def _write(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any
         for name, data in arrays.items():
             chunks = (max(1, min(chunk, len(data))),) + data.shape[1:]
             arr = group.create_array(
-                name, shape=data.shape, chunks=chunks, dtype=data.dtype,
+                name,
+                shape=data.shape,
+                chunks=chunks,
+                dtype=data.dtype,
                 compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
             )
             if len(data):

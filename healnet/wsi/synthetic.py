@@ -27,7 +27,7 @@ def he_image(width: int, height: int, mpp: float, tissue: np.ndarray | None = No
     rng = np.random.default_rng(seed)
     if tissue is None:
         tissue = np.zeros((height, width), bool)
-        tissue[height // 5: 4 * height // 5, width // 6: 5 * width // 6] = True
+        tissue[height // 5 : 4 * height // 5, width // 6 : 5 * width // 6] = True
     mask = cv2.resize(tissue.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
     img = np.empty((height, width, 3), np.float32)
     img[:] = (238, 236, 240)
@@ -52,8 +52,10 @@ def he_image(width: int, height: int, mpp: float, tissue: np.ndarray | None = No
 
 def _pyramid(rgb: np.ndarray, downsamples: tuple[int, ...]) -> list[np.ndarray]:
     h, w = rgb.shape[:2]
-    return [rgb if d == 1 else cv2.resize(rgb, (max(1, w // d), max(1, h // d)), interpolation=cv2.INTER_AREA)
-            for d in downsamples]
+    return [
+        rgb if d == 1 else cv2.resize(rgb, (max(1, w // d), max(1, h // d)), interpolation=cv2.INTER_AREA)
+        for d in downsamples
+    ]
 
 
 def aperio_description(width: int, height: int, tile: int, quality: int, mpp: float | None, name: str) -> str:
@@ -66,12 +68,26 @@ def aperio_description(width: int, height: int, tile: int, quality: int, mpp: fl
     return f"{desc}|Filename = {name}"
 
 
-def page_options(vendor: Vendor, mpp: float | None, level0_shape: tuple[int, int], level_width: int, tile: int,
-                 quality: int, compression: str, first: bool, name: str) -> dict:
+def page_options(
+    vendor: Vendor,
+    mpp: float | None,
+    level0_shape: tuple[int, int],
+    level_width: int,
+    tile: int,
+    quality: int,
+    compression: str,
+    first: bool,
+    name: str,
+) -> dict:
     """tifffile `write` options of one pyramid level: tiles, compression, reduced-level flag and the
     mpp (Aperio: in the first page's description; generic: resolution tags of each level)."""
-    kw: dict = {"tile": (tile, tile), "photometric": "rgb", "metadata": None, "software": False,
-                "subfiletype": 0 if first else 1}
+    kw: dict = {
+        "tile": (tile, tile),
+        "photometric": "rgb",
+        "metadata": None,
+        "software": False,
+        "subfiletype": 0 if first else 1,
+    }
     if compression == "jpeg":
         kw["compression"] = "jpeg"
         kw["compressionargs"] = {"level": quality}
@@ -106,8 +122,9 @@ def write_pyramid(
     shape = levels[0].shape[:2]
     with tifffile.TiffWriter(path, bigtiff=levels[0].nbytes > 2**31) as tif:
         for i, level in enumerate(levels):
-            tif.write(level, **page_options(vendor, mpp, shape, level.shape[1], tile, quality, compression, i == 0,
-                                            path.stem))
+            tif.write(
+                level, **page_options(vendor, mpp, shape, level.shape[1], tile, quality, compression, i == 0, path.stem)
+            )
     return path
 
 
@@ -154,14 +171,14 @@ def write_large_slide(
     full = np.ones((tile, tile), bool)
 
     def encode(img: np.ndarray) -> bytes:
-        return imagecodecs.jpeg_encode(img, level=quality, colorspace="RGB", outcolorspace="YCBCR",
-                                       subsampling=(2, 2))
+        return imagecodecs.jpeg_encode(img, level=quality, colorspace="RGB", outcolorspace="YCBCR", subsampling=(2, 2))
 
     def tiles(w: int, h: int, level_mpp: float) -> Iterator[bytes]:
         nx, ny = math.ceil(w / tile), math.ceil(h / tile)
         on = cv2.resize(tissue, (nx, ny), interpolation=cv2.INTER_NEAREST).astype(bool)
-        variants = [encode(he_image(tile, tile, level_mpp, full, seed=int(rng.integers(1 << 30))))
-                    for _ in range(n_variants)]
+        variants = [
+            encode(he_image(tile, tile, level_mpp, full, seed=int(rng.integers(1 << 30)))) for _ in range(n_variants)
+        ]
         glass = encode(he_image(tile, tile, level_mpp, ~full, seed=seed))
         choice = rng.integers(0, n_variants, (ny, nx))
         for ty in range(ny):

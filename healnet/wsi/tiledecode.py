@@ -55,8 +55,8 @@ def _segments(stream: bytes) -> Iterator[tuple[int, bytes]]:
         marker = stream[i + 1]
         if marker in (0xD9, 0xDA):
             return
-        length = int.from_bytes(stream[i + 2:i + 4], "big")
-        yield marker, stream[i + 4:i + 2 + length]
+        length = int.from_bytes(stream[i + 2 : i + 4], "big")
+        yield marker, stream[i + 4 : i + 2 + length]
         i += 2 + length
 
 
@@ -69,7 +69,7 @@ class JpegLevel:
     tile_h: int
     width: int
     height: int
-    prefix: bytes                # SOI [+ Adobe RGB marker] + shared tables; a tile follows without its SOI
+    prefix: bytes  # SOI [+ Adobe RGB marker] + shared tables; a tile follows without its SOI
 
     def stream(self, tile: bytes) -> bytes:
         return self.prefix + tile[2:]
@@ -85,8 +85,9 @@ def jpeg_level(tiles: TiffTiles, level: int) -> tuple[JpegLevel | None, str]:
     box = tiles.first_tile(level)
     if box is None:
         return None, "no stored tile"
-    tile = tiles.raw_tile(level, (box[1] // page.tilelength) * math.ceil(page.imagewidth / page.tilewidth)
-                          + box[0] // page.tilewidth)
+    tile = tiles.raw_tile(
+        level, (box[1] // page.tilelength) * math.ceil(page.imagewidth / page.tilewidth) + box[0] // page.tilewidth
+    )
     tables = bytes(page.jpegtables or b"\xff\xd8\xff\xd9")
     header = dict(_segments(tables[:-2] + tile[2:]))
     sof = [m for m in header if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)]
@@ -108,8 +109,8 @@ class RegionTiles:
     ty0: int
     nx: int
     ny: int
-    positions: np.ndarray                 # (n, 2) canvas px
-    data: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))   # the streams, concatenated
+    positions: np.ndarray  # (n, 2) canvas px
+    data: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # the streams, concatenated
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ny * nx, row-major; 0: none
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -140,8 +141,7 @@ def plan_region(coords: np.ndarray, geometry: PatchGeometry, layout: JpegLevel) 
     return RegionTiles(tx0, ty0, nx, ny, positions)
 
 
-def read_region_tiles(tiles: TiffTiles, coords: np.ndarray, geometry: PatchGeometry,
-                      layout: JpegLevel) -> RegionTiles:
+def read_region_tiles(tiles: TiffTiles, coords: np.ndarray, geometry: PatchGeometry, layout: JpegLevel) -> RegionTiles:
     region = plan_region(coords, geometry, layout)
     per_row = math.ceil(layout.width / layout.tile_w)
     rows = math.ceil(layout.height / layout.tile_h)
@@ -149,8 +149,10 @@ def read_region_tiles(tiles: TiffTiles, coords: np.ndarray, geometry: PatchGeome
     # dropped (healnet/wsi/integrity.py); a tile under no patch stays white and unused.
     used = np.zeros((region.ny, region.nx), bool)
     for x, y in region.positions.tolist():
-        used[y // layout.tile_h:(y + geometry.read_size - 1) // layout.tile_h + 1,
-             x // layout.tile_w:(x + geometry.read_size - 1) // layout.tile_w + 1] = True
+        used[
+            y // layout.tile_h : (y + geometry.read_size - 1) // layout.tile_h + 1,
+            x // layout.tile_w : (x + geometry.read_size - 1) // layout.tile_w + 1,
+        ] = True
     streams = []
     for ty in range(region.ty0, region.ty0 + region.ny):
         for tx in range(region.tx0, region.tx0 + region.nx):
@@ -178,8 +180,9 @@ class RegionDecoder:
     def __init__(self, layout: JpegLevel, geometry: PatchGeometry, device: torch.device):
         self.layout, self.device = layout, device
         self.read, self.size = geometry.read_size, geometry.patch_size
-        self.weights = (torch.from_numpy(area_weights(self.read, self.size)).to(device)
-                        if self.read > self.size else None)
+        self.weights = (
+            torch.from_numpy(area_weights(self.read, self.size)).to(device) if self.read > self.size else None
+        )
         self.white = torch.full((3, layout.tile_h, layout.tile_w), 255, dtype=torch.uint8, device=device)
         if device.type == "cuda":  # made on this stream, used on the decoding thread's: ready before
             torch.cuda.current_stream(device).synchronize()
@@ -199,15 +202,16 @@ class RegionDecoder:
         grid = torch.stack([next(images) if s.numel() else self.white for s in streams])
         if grid.shape[1:] != (3, th, tw):
             raise ValueError(f"level {lay.level}: a tile decodes to {tuple(grid.shape[1:])}, not (3, {th}, {tw})")
-        canvas = grid.view(region.ny, region.nx, 3, th, tw).permute(2, 0, 3, 1, 4).reshape(
-            3, region.ny * th, region.nx * tw)
+        canvas = (
+            grid.view(region.ny, region.nx, 3, th, tw).permute(2, 0, 3, 1, 4).reshape(3, region.ny * th, region.nx * tw)
+        )
         ex, ey = lay.width - region.tx0 * tw, lay.height - region.ty0 * th  # image edge in canvas px
         if ex < canvas.shape[2]:
-            canvas[:, :, max(ex, 0):] = 255
+            canvas[:, :, max(ex, 0) :] = 255
         if ey < canvas.shape[1]:
-            canvas[:, max(ey, 0):, :] = 255
+            canvas[:, max(ey, 0) :, :] = 255
         r = self.read
-        crops = torch.stack([canvas[:, y:y + r, x:x + r] for x, y in region.positions.tolist()])
+        crops = torch.stack([canvas[:, y : y + r, x : x + r] for x, y in region.positions.tolist()])
         return self.resize(crops).permute(0, 2, 3, 1)  # NHWC view, as the CPU readers deliver
 
     def resize(self, crops: torch.Tensor) -> torch.Tensor:
@@ -232,8 +236,10 @@ class DecodePlan:
     check_max: int
 
     def describe(self) -> str:
-        return (f"{self.device.type} JPEG decoding (tile check vs CPU path: mean {self.check_mean:.3f}, "
-                f"max {self.check_max})")
+        return (
+            f"{self.device.type} JPEG decoding (tile check vs CPU path: mean {self.check_mean:.3f}, "
+            f"max {self.check_max})"
+        )
 
 
 def jpeg_plan(path: str, level: int, device: torch.device) -> tuple[DecodePlan | None, str]:
@@ -261,8 +267,10 @@ def jpeg_plan(path: str, level: int, device: torch.device) -> tuple[DecodePlan |
         diff = np.abs(mine[0].cpu().numpy().astype(np.int16) - ref.astype(np.int16))
         plan = DecodePlan(layout, slide.level_dimensions, device, float(diff.mean()), int(diff.max()))
     if plan.check_mean > CHECK_MEAN or plan.check_max > CHECK_MAX:
-        return None, (f"a tile decoded on {device.type} differs from the CPU path (mean {plan.check_mean:.2f}, "
-                      f"max {plan.check_max}): colour space or tables not understood")
+        return None, (
+            f"a tile decoded on {device.type} differs from the CPU path (mean {plan.check_mean:.2f}, "
+            f"max {plan.check_max}): colour space or tables not understood"
+        )
     return plan, ""
 
 
@@ -286,14 +294,18 @@ def choose_decode(path: str, level: int, params: config.Features, device: torch.
     if params.decode == "cpu" or (params.decode == "auto" and device.type != "cuda"):
         return None
     if device.type != "cuda":
-        raise RuntimeError(f"features.decode is 'gpu' but the features run on {device} (no CUDA device); "
-                           "use features.decode: auto or cpu")
+        raise RuntimeError(
+            f"features.decode is 'gpu' but the features run on {device} (no CUDA device); "
+            "use features.decode: auto or cpu"
+        )
     plan, reason = jpeg_plan(path, level, device)
     if plan is None:
         if params.decode == "gpu":
-            raise RuntimeError(f"features.decode is 'gpu' but slide {path} (level {level}) cannot be decoded on "
-                               f"the GPU: {reason}; use features.decode: auto (GPU where it applies, the CPU "
-                               "path for other slides) or cpu")
+            raise RuntimeError(
+                f"features.decode is 'gpu' but slide {path} (level {level}) cannot be decoded on "
+                f"the GPU: {reason}; use features.decode: auto (GPU where it applies, the CPU "
+                "path for other slides) or cpu"
+            )
         log.info("%s: CPU decoding (%s)", path, reason)
         return None
     log.info("%s: %s", path, plan.describe())
@@ -304,8 +316,7 @@ class TileBytesReader(IterableDataset):
     """Yields (patch indices, RegionTiles, error) per region; each worker opens its own TIFF handle
     and reads a contiguous share of the regions (as `extract.RegionReader`, bytes instead of pixels)."""
 
-    def __init__(self, path: str, coords: np.ndarray, geometry: PatchGeometry, region_patches: int,
-                 plan: DecodePlan):
+    def __init__(self, path: str, coords: np.ndarray, geometry: PatchGeometry, region_patches: int, plan: DecodePlan):
         self.path, self.coords, self.geometry, self.plan = path, coords, geometry, plan
         lay = plan.layout
         self.regions = make_regions(coords, geometry, region_patches, (lay.tile_w, lay.tile_h))
@@ -332,14 +343,16 @@ class TileBytesReader(IterableDataset):
             tiles.close()
 
 
-def iter_device_patches(path: str, coords: np.ndarray, geometry: PatchGeometry, params: config.Features,
-                        plan: DecodePlan) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def iter_device_patches(
+    path: str, coords: np.ndarray, geometry: PatchGeometry, params: config.Features, plan: DecodePlan
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(indices, uint8 NHWC patches on `plan.device`) for every patch, a region at a time: reader
     processes read tile bytes, a thread decodes and cuts them (on a side stream on CUDA)."""
     dataset = TileBytesReader(str(path), coords, geometry, params.region_patches, plan)
     workers = min(params.num_workers, len(dataset.regions))
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                        in_order=False)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None, in_order=False
+    )
     decoder = RegionDecoder(plan.layout, geometry, plan.device)
     cuda = plan.device.type == "cuda"
     side = torch.cuda.Stream(plan.device) if cuda else None

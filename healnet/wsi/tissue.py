@@ -27,9 +27,9 @@ Polygon = list[np.ndarray]
 
 @dataclass
 class TissueResult:
-    mask: np.ndarray                     # uint8 {0, 1}, thumbnail size; the rasterised polygons
-    polygons: list[Polygon]              # thumbnail px
-    threshold: float                     # saturation threshold used
+    mask: np.ndarray  # uint8 {0, 1}, thumbnail size; the rasterised polygons
+    polygons: list[Polygon]  # thumbnail px
+    threshold: float  # saturation threshold used
     area_mm2: float
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -44,14 +44,17 @@ def _odd(n_px: float) -> int:
 class Brightfield:
     """What the brightfield check measured on the thumbnail, and what is wrong ("" if nothing)."""
 
-    background_grey: float      # median grey of the least saturated tenth of the pixels: the glass
-    stained_fraction: float     # share of pixels that are coloured and neither dark nor glass
-    offstain_fraction: float    # share of those that are green/cyan
+    background_grey: float  # median grey of the least saturated tenth of the pixels: the glass
+    stained_fraction: float  # share of pixels that are coloured and neither dark nor glass
+    offstain_fraction: float  # share of those that are green/cyan
     problem: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"background_grey": round(self.background_grey, 1), "stained_fraction": round(self.stained_fraction, 4),
-                "offstain_fraction": round(self.offstain_fraction, 4)}
+        return {
+            "background_grey": round(self.background_grey, 1),
+            "stained_fraction": round(self.stained_fraction, 4),
+            "offstain_fraction": round(self.offstain_fraction, 4),
+        }
 
 
 def check_brightfield(rgb: np.ndarray, params: config.Tissue) -> Brightfield:
@@ -72,11 +75,15 @@ def check_brightfield(rgb: np.ndarray, params: config.Tissue) -> Brightfield:
     result = Brightfield(background, float(stained.mean()) if grey.size else 0.0, offstain)
     problems = []
     if background < params.min_background_grey:
-        problems.append(f"dark background (grey {background:.0f} where the slide is least coloured < "
-                        f"tissue.min_background_grey {params.min_background_grey}; brightfield glass is light)")
+        problems.append(
+            f"dark background (grey {background:.0f} where the slide is least coloured < "
+            f"tissue.min_background_grey {params.min_background_grey}; brightfield glass is light)"
+        )
     if hue.size and offstain > params.max_offstain_fraction:
-        problems.append(f"stain colour far from H&E/IHC ({offstain:.0%} of the stained pixels are green/cyan, "
-                        f"hue 70-200 deg > tissue.max_offstain_fraction {params.max_offstain_fraction:g})")
+        problems.append(
+            f"stain colour far from H&E/IHC ({offstain:.0%} of the stained pixels are green/cyan, "
+            f"hue 70-200 deg > tissue.max_offstain_fraction {params.max_offstain_fraction:g})"
+        )
     result.problem = "; ".join(problems)
     return result
 
@@ -180,13 +187,20 @@ def detect_tissue(rgb: np.ndarray, um_per_px: tuple[float, float], params: confi
     mask = mask_from_polygons(polygons, raw.shape)
     area_mm2 = float(mask.sum()) * um_per_px[0] * um_per_px[1] / 1e6
     holes = sum(len(p) - 1 for p in polygons)
-    log.info("tissue: %d polygon(s), %d hole(s), %.2f mm^2 (%s threshold %.0f, mask %.2f um/px)",
-             len(polygons), holes, area_mm2, "brightness" if params.slide_type == "fluorescence" else "saturation",
-             thr, um)
+    log.info(
+        "tissue: %d polygon(s), %d hole(s), %.2f mm^2 (%s threshold %.0f, mask %.2f um/px)",
+        len(polygons),
+        holes,
+        area_mm2,
+        "brightness" if params.slide_type == "fluorescence" else "saturation",
+        thr,
+        um,
+    )
     return TissueResult(mask, polygons, thr, area_mm2, {"n_polygons": len(polygons), "n_holes": holes})
 
 
 # --- GeoJSON (level-0 px) ---------------------------------------------------------------------------
+
 
 def to_level0(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     """Image px (pixel centres) -> level-0 px."""
@@ -214,11 +228,13 @@ def tissue_geojson(polygons: list[Polygon], scale: tuple[float, float], meta: di
     for rings in polygons:
         geo = [_ring(to_level0(rings[0], scale), clockwise=False)]
         geo += [_ring(to_level0(h, scale), clockwise=True) for h in rings[1:]]
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": geo},
-            "properties": {"objectType": "annotation", "classification": {"name": "Tissue", "color": [0, 160, 0]}},
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": geo},
+                "properties": {"objectType": "annotation", "classification": {"name": "Tissue", "color": [0, 160, 0]}},
+            }
+        )
     return {"type": "FeatureCollection", "features": features, "healnet": meta}
 
 
@@ -241,14 +257,18 @@ def polygons_from_geojson(data: dict[str, Any], scale: tuple[float, float]) -> l
     out: list[Polygon] = []
     for feat in data.get("features", []):
         geom = feat.get("geometry") or {}
-        polys = [geom["coordinates"]] if geom.get("type") == "Polygon" else (
-            geom["coordinates"] if geom.get("type") == "MultiPolygon" else [])
+        polys = (
+            [geom["coordinates"]]
+            if geom.get("type") == "Polygon"
+            else (geom["coordinates"] if geom.get("type") == "MultiPolygon" else [])
+        )
         for rings in polys:
             out.append([from_level0(np.asarray(r, np.float64)[:-1], scale) for r in rings])
     return out
 
 
 # --- QC picture -------------------------------------------------------------------------------------
+
 
 def render_qc(
     rgb: np.ndarray,
@@ -286,8 +306,9 @@ def render_not_brightfield(rgb: np.ndarray, check: Brightfield, title: str, max_
     stain = np.median(stained, axis=0) if len(stained) else np.full(3, 255.0)
     note = _text_block(f"not a brightfield slide: {check.problem}", max(img.shape[1], 480))
     swatch = np.full((60, note.shape[1], 3), 255, np.uint8)
-    for i, (label, colour) in enumerate((("background grey", [check.background_grey] * 3),
-                                         ("median stained colour", stain))):
+    for i, (label, colour) in enumerate(
+        (("background grey", [check.background_grey] * 3), ("median stained colour", stain))
+    ):
         x = 10 + 240 * i
         cv2.rectangle(swatch, (x, 8), (x + 40, 48), tuple(int(c) for c in colour), -1)
         cv2.rectangle(swatch, (x, 8), (x + 40, 48), (0, 0, 0), 1)
