@@ -168,7 +168,9 @@ def third_party_closure(roots: list[str], top_level_only: bool) -> set[str]:
             if m in seen:
                 continue
             seen.add(m)
-            internal, ext = direct_imports(m, top_level_only)
+            # a parent package runs only its top level when a submodule is imported (healnet/__init__'s
+            # lazy `load_run` import is not a dependency of `healnet omics`)
+            internal, ext = direct_imports(m, top_level_only or m != mod)
             external |= ext
             todo.extend(internal)
     return external

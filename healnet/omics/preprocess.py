@@ -157,17 +157,15 @@ class OmicsTransform:
         return [n for t in self._types(name) for n in self.feature_names[t]]
 
     def to_state(self) -> dict:
-        """The fitted statistics as a dict of lists and float64 tensors (`torch.load(weights_only=True)`
-        reads it back), so a checkpoint carries its fold's transform bit for bit."""
-        import torch
-
+        """The fitted statistics as a dict of lists and float64/int64 arrays; the checkpoint stores the
+        arrays as tensors (`torch.load(weights_only=True)` reads them back), bit for bit."""
         arrays = ("fill", "lower", "upper", "center", "scale")
         blocks = {
             t: {
                 "columns": list(b.columns),
                 "clip": b.clip,
-                "indicator": torch.as_tensor(b.indicator, dtype=torch.int64),
-                **{a: torch.as_tensor(getattr(b, a), dtype=torch.float64) for a in arrays},
+                "indicator": np.asarray(b.indicator, dtype=np.int64),
+                **{a: np.asarray(getattr(b, a), dtype=np.float64) for a in arrays},
             }
             for t, b in self.blocks.items()
         }

@@ -192,7 +192,7 @@ def run_checkpoint(
         "n_bins": data.n_bins,
         "edges": [float(e) for e in data.edges],
         "feature_names": {m: data.feature_names.get(m, []) for m in mods if m in data.feature_names},
-        "omics_transform": data.transform.to_state() if tabular and data.transform is not None else None,
+        "omics_transform": _as_tensors(data.transform.to_state()) if tabular and data.transform is not None else None,
         "omics": data.transform.config if tabular and data.transform is not None else None,
         "encoder": data.wsi.encoder if WSI in mods and data.wsi is not None else None,
         "fold": fold,
@@ -202,6 +202,13 @@ def run_checkpoint(
         "version": __version__,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def _as_tensors(state):
+    """Arrays in a nested dict as tensors: `torch.load(weights_only=True)` reads tensors, not arrays."""
+    if isinstance(state, dict):
+        return {k: _as_tensors(v) for k, v in state.items()}
+    return torch.as_tensor(state) if isinstance(state, np.ndarray) else state
 
 
 def write_run(out_dir: str | Path, checkpoint: dict, predictions: pd.DataFrame, train_log: pd.DataFrame) -> None:
