@@ -571,14 +571,13 @@ class Config(Strict):
     def random_weight_cohorts(self) -> list[tuple[str, str]]:
         """(cohort, encoder) of every real (non-synthetic) slide cohort whose encoder has random weights:
         its features carry no pretrained knowledge, which is right for a synthetic cohort only."""
-        return [
-            (name, self.cohort_encoder(name))
-            for name, c in self.cohorts.items()
-            if c.wsi
-            and not c.synthetic
-            and not self.encoders[self.cohort_encoder(name)].pretrained
-            and self.encoders[self.cohort_encoder(name)].weights is None
-        ]
+        flagged = []
+        for name, cohort in self.cohorts.items():
+            encoder = self.cohort_encoder(name)
+            spec = self.encoders[encoder]
+            if cohort.wsi and not cohort.synthetic and not spec.pretrained and spec.weights is None:
+                flagged.append((name, encoder))
+        return flagged
 
     def cohort_encoder(self, cohort: str) -> str:
         return self.cohorts[cohort].encoder or self.features.encoder

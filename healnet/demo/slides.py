@@ -88,6 +88,7 @@ def tissue_field(rng: np.random.Generator, width_um: float, height_um: float) ->
     # where it fits inside the tissue with a >= 40 um rim, so it stays a hole, not a bite. The noise
     # can still thin the rim through; a hole that splits a piece or leaves one too small is not cut.
     wobble = 0.15 * _smooth_noise(rng, (gh, gw), sigma=20.0 / MASK_MPP)
+    n_pieces = len(_pieces(field)[1])
     for _ in range(int(rng.integers(1, 4))):
         inside_um = cv2.distanceTransform((field > 0).astype(np.uint8), cv2.DIST_L2, 5) * MASK_MPP
         r = rng.uniform(90.0, 130.0)
@@ -97,8 +98,8 @@ def tissue_field(rng: np.random.Generator, width_um: float, height_um: float) ->
         hy, hx = fits[rng.integers(len(fits))] * MASK_MPP
         d = np.sqrt((x - hx) ** 2 + (y - hy) ** 2) / r
         cut = np.minimum(field, (d - 1.0 + wobble) * 1.5)
-        pieces = _piece_areas_um2(cut)
-        if len(pieces) == len(_piece_areas_um2(field)) and pieces.min() >= MIN_PIECE_UM2:
+        areas = _pieces(cut)[1]
+        if len(areas) == n_pieces and areas.min() >= MIN_PIECE_UM2:
             field = cut
     return field
 
@@ -113,10 +114,6 @@ def _pieces(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
     n, labels, stats, _ = cv2.connectedComponentsWithStats(tissue, connectivity=8)
     return labels, stats[1:n, cv2.CC_STAT_AREA].astype(np.float64) * MASK_MPP**2
-
-
-def _piece_areas_um2(field: np.ndarray) -> np.ndarray:
-    return _pieces(field)[1]
 
 
 def _drop_small_pieces(field: np.ndarray) -> np.ndarray:
