@@ -16,7 +16,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from healnet.acquire.sources import PORPOISE, fetched_splits_dir, fetched_table_path, gdc_sheet_path, porpoise_urls
+from healnet.acquire.sources import (
+    PORPOISE,
+    REFERENCE_DIR,
+    SIGNATURES_SHA256,
+    SIGNATURES_URL,
+    fetched_splits_dir,
+    fetched_table_path,
+    gdc_sheet_path,
+    porpoise_urls,
+)
 from healnet.modalities import MODALITIES
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -143,6 +152,13 @@ class Gdc(Strict):
     connect_timeout_s: float = Field(30.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0, description="Longest silence inside a response.")
     page_size: int = Field(500, ge=1, le=10000, description="Records per `files` query page.")
+
+
+class ReferenceFile(Strict):
+    """A pinned download a model may read, e.g. gene families (`params.signatures`)."""
+
+    url: str = Field(..., description="Where to download it from (http(s) or a local path).")
+    sha256: str = Field(..., pattern=SHA256, description="Checksum the download must match.")
 
 
 class Demo(Strict):
@@ -482,6 +498,11 @@ class Config(Strict):
     }
     evaluation: Evaluation = Evaluation()
     gdc: Gdc = Gdc()
+    reference_files: dict[str, ReferenceFile] = Field(
+        {"signatures.csv": ReferenceFile(url=SIGNATURES_URL, sha256=SIGNATURES_SHA256)},
+        description="Pinned files fetched to data/reference/<name> when a model's params name that path "
+        "(default: signatures.csv, the gene families of MCAT/PORPOISE, pinned at PORPOISE commit 3390dc40).",
+    )
     paper: Paper = Paper()
 
     @model_validator(mode="after")
@@ -511,6 +532,24 @@ class Config(Strict):
                 raise ValueError(
                     f"training.models: unknown model {model!r}; defined in `models`: {sorted(self.models)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _reference_files_resolve(self) -> Config:
+        """Reference files are plain file names, and a model naming data/reference/<x> names one of them."""
+        for name in self.reference_files:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+                raise ValueError(f"reference_files: {name!r} is not a plain file name (letters, digits, . _ -)")
+        for model, spec in self.models.items():
+            for key, value in spec.params.items():
+                if isinstance(value, str) and value.startswith(REFERENCE_DIR + "/"):
+                    name = value.removeprefix(REFERENCE_DIR + "/")
+                    if name not in self.reference_files:
+                        raise ValueError(
+                            f"models.{model}.params.{key}: {value} is not fetched by the workflow; add "
+                            f"`{name}` (url, sha256) to `reference_files` (defined: {sorted(self.reference_files)}) "
+                            "or name a file of your own"
+                        )
         return self
 
     @model_validator(mode="after")

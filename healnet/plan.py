@@ -28,6 +28,7 @@ CHOICES: dict[str, Callable[[Config], Iterable[str]]] = {
     "paper_cohort": lambda cfg: cfg.paper.cohorts,
     "model": lambda cfg: cfg.models,
     "encoder": lambda cfg: cfg.encoders,
+    "reference": lambda cfg: cfg.reference_files,
 }
 
 
@@ -80,13 +81,16 @@ def model_data_inputs(
     sheet_of: Callable[[str], str | None],
     slides_of: Callable[[str], list[str]],
 ) -> dict[str, str | list[str]]:
-    """Data the models read: the omics matrix if any uses omics, feature stores + sample sheet if any
-    uses the slides. `sheet_of(cohort)` / `slides_of(cohort)` give the sample sheet and its slide ids;
+    """Data the models read: the omics matrix if any uses omics, gene-family files (`signatures`)
+    they name, feature stores + sample sheet if any uses the slides. `sheet_of(cohort)` / `slides_of(cohort)` give the sample sheet and its slide ids;
     they are called only when a model uses the slides (a GDC sheet needs every slide downloaded)."""
     specs = [cfg.models[m] for m in models]
     out: dict[str, str | list[str]] = {}
     if any(mod != WSI for s in specs for mod in s.modalities):
         out["omics"] = f"results/{name}/omics.tsv.gz"
+    references = sorted({s.params["signatures"] for s in specs if s.params.get("signatures")})
+    if references:  # gene-family files: fetched by rule fetch_reference when under data/reference
+        out["signatures"] = references
     if any(WSI in s.modalities for s in specs):
         sheet = sheet_of(name)
         if sheet is not None:  # a cohort without slides: WSI missing for everyone

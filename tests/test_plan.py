@@ -111,6 +111,38 @@ def test_model_data_inputs_read_the_sheet_only_for_slide_models(tmp_path):
     assert fused == {"omics": "results/omics/omics.tsv.gz"}  # no slides: WSI missing for everyone
 
 
+def test_gene_family_files_are_inputs_and_pinned_ones_must_be_known(tmp_path):
+    from healnet.config import ConfigError
+
+    families = {
+        "architecture": "mcat",
+        "modalities": ["wsi", "omics"],
+        "params": {"signatures": "data/reference/signatures.csv"},
+    }
+    base = {
+        "healnet": {"architecture": "healnet", "modalities": ["wsi", "omics"]},
+        "snn": {"architecture": "snn", "modalities": ["omics"]},
+        "abmil": {"architecture": "abmil", "modalities": ["wsi"]},
+    }
+    models = {**base, "mcat": families}
+    cfg = config(tmp_path, models=models)
+    inputs = plan.model_data_inputs(cfg, "omics", ["mcat", "snn"], lambda name: None, lambda name: [])
+    assert inputs == {"omics": "results/omics/omics.tsv.gz", "signatures": ["data/reference/signatures.csv"]}
+    assert re.fullmatch(plan.wildcard_pattern(cfg, "reference"), "signatures.csv")
+    own = {**families, "params": {"signatures": "my/families.csv"}}  # a file of the user's: just an input
+    assert plan.model_data_inputs(
+        config(tmp_path, models={**base, "mcat": own}), "omics", ["mcat"], lambda n: None, list
+    ) == {
+        "omics": "results/omics/omics.tsv.gz",
+        "signatures": ["my/families.csv"],
+    }
+    unknown = {**families, "params": {"signatures": "data/reference/hallmarks.csv"}}
+    with pytest.raises(
+        ConfigError, match=r"models.mcat.params.signatures: data/reference/hallmarks.csv .*reference_files"
+    ):
+        config(tmp_path, models={**base, "mcat": unknown})
+
+
 def test_sheet_mpp_is_the_number_or_empty():
     assert plan.sheet_mpp(float("nan")) == "" and plan.sheet_mpp(None) == "" and plan.sheet_mpp("") == ""
     assert plan.sheet_mpp(0.25) == 0.25 and plan.sheet_mpp("0.5") == 0.5

@@ -1,16 +1,22 @@
 """The classical references and the same-patients column end to end.
 
 - `coxnet` and `cox_clinical` train and score through Snakemake (train + evaluate rules) on a small
-  cohort in the TCGA table format: the first 150 BLCA patients, 180 omic features, 3 generated folds.
+  cohort in the TCGA table format: the first 150 BLCA patients, 180 omic features, 3 generated folds;
+  beside them `healnet_omics_small`, whose gene families (data/reference/signatures.csv) the workflow
+  fetches from a loopback server standing in for the pinned PORPOISE address.
 - On the demo cohort (slides and omics each missing for some patients), `cindex_common` scores every
   model on the test patients that all of them score, checked against the predictions files.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -32,12 +38,38 @@ def small_blca(shared_data: Path, out: Path) -> Path:
     return path
 
 
-def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path):
+@pytest.fixture()
+def signatures_server(shared_data, tmp_path):
+    """A loopback HTTP server holding the shipped signatures.csv; yields (url, sha256, requested paths)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    body = (shared_data / "tcga" / "signatures.csv").read_bytes()
+    (served / "signatures.csv").write_bytes(body)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/signatures.csv", hashlib.sha256(body).hexdigest(), requests
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path, signatures_server):
+    url, sha256, requests = signatures_server
     extra = {
         "cohorts": {
-            "small": {"clinical_omics": str(small_blca(shared_data, tmp_path)), "models": ["coxnet", "cox_clinical"]}
+            "small": {
+                "clinical_omics": str(small_blca(shared_data, tmp_path)),
+                "models": ["coxnet", "cox_clinical", "healnet_omics_small"],
+            }
         },
         "splits": {"n_folds": 3},
+        "models": {"healnet_omics_small": {"training": {"epochs": 1, "seeds": 1}}},
+        "reference_files": {"signatures.csv": {"url": url, "sha256": sha256}},
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
     cmd = [
@@ -55,8 +87,17 @@ def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    table = pd.read_csv(tmp_path / "results/small/cindex.tsv", sep="\t", dtype={"fold": str})
-    assert list(table["model"].unique()) == ["coxnet", "cox_clinical"]
+    all_models = pd.read_csv(tmp_path / "results/small/cindex.tsv", sep="\t", dtype={"fold": str})
+    assert list(all_models["model"].unique()) == ["coxnet", "cox_clinical", "healnet_omics_small"]
+    # the gene families were fetched once, checked, and read by the model that names them
+    assert (tmp_path / "data/reference/signatures.csv").read_bytes() == (
+        shared_data / "tcga/signatures.csv"
+    ).read_bytes()
+    assert requests == ["/signatures.csv"]
+    healnet = all_models[(all_models["model"] == "healnet_omics_small") & all_models["fold"].str.isdigit()]
+    assert healnet["n"].astype(int).sum() == 150 and healnet["cindex"].between(0, 1).all()
+
+    table = all_models[all_models["model"] != "healnet_omics_small"]
     per_fold = table[table["fold"].str.isdigit()]
     assert per_fold.groupby("model")["n"].sum().astype(int).to_dict() == {"coxnet": 150, "cox_clinical": 150}
     assert (per_fold["seeds"].astype(int) == 1).all()  # closed form: fitted once per fold

@@ -85,3 +85,15 @@ def fetched_table_path(name: str) -> str:
 
 def fetched_splits_dir(name: str) -> str:
     return f"data/{name}/splits"
+
+
+# Gene families of MCAT and PORPOISE (datasets_csv/signatures.csv at the same commit): one column of
+# gene symbols per family (tumour suppressors, oncogenes, ...), read by models with `signatures`.
+SIGNATURES_URL = f"{PORPOISE_RAW}/datasets_csv/signatures.csv"
+SIGNATURES_SHA256 = "6bf0a195a67a04774df3fec808748e06a87176506b17d3cd1e8e9049d2624477"
+REFERENCE_DIR = "data/reference"
+
+
+def reference_path(name: str) -> str:
+    """Where the pinned reference file `name` (a key of the config's `reference_files`) lands."""
+    return f"{REFERENCE_DIR}/{name}"

@@ -8,7 +8,7 @@ omic stream:  2-layer transformer over genomic tokens -> gated pooling -> Linear
 concat (B, 512) -> Linear(512, 256) + ReLU -> Linear(256, 256) + ReLU -> Linear to the bins.
 
 Gene families: with `signatures` (a CSV with one column of gene symbols per family, e.g.
-../shared/data/tcga/signatures.csv) a family's features are the omic columns `<GENE>_mut`, `_cnv`,
+data/reference/signatures.csv, fetched pinned by the workflow) a family's features are the omic columns `<GENE>_mut`, `_cnv`,
 `_rnaseq` of its genes (a gene may sit in several families; features in no family are unused, as in
 MCAT). Without it, features are grouped by omic type (the `_<type>` suffix).
 """
@@ -75,7 +75,7 @@ def read_signatures(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(
             f"mcat: signatures file {path} not found; set models.<name>.params.signatures to a CSV with one "
-            "column of gene symbols per family (e.g. ../shared/data/tcga/signatures.csv), or omit it to group by omic type"
+            "column of gene symbols per family (data/reference/signatures.csv: `snakemake --cores 1 data/reference/signatures.csv` fetches the pinned one), or omit it to group by omic type"
         )
     table = pd.read_csv(path, dtype=str)
     families = {str(c): [g.strip() for g in table[c].dropna() if g.strip()] for c in table.columns}

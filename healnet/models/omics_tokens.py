@@ -10,7 +10,7 @@ vector of ~2,000 features becomes decides how much the model must learn from a f
 - `modality`: the whole vector as a single token of dimension F, as the authors' code does; the
   cross-attention's key/value projection is then a linear layer over all features.
 - `family`: `tokens_per_group` tokens per gene family (MCAT's grouping: a family's genes with each
-  omic suffix, from a signatures CSV such as ../shared/data/tcga/signatures.csv), plus one group
+  omic suffix, from a signatures CSV such as data/reference/signatures.csv, fetched pinned by the workflow), plus one group
   `other` of the features in no family, so nothing is thrown away. Each group is projected by its
   own linear layer. Without `signatures`, groups are the omic types (`_rnaseq`, `_cnv`, `_mut`).
 

@@ -134,3 +134,23 @@ rule fetch_split:
     shell:
         "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
         "--params {params.connection:q} --log {log}"
+
+
+rule fetch_reference:
+    output:
+        "data/reference/{reference}",
+    log:
+        "logs/fetch_reference/{reference}.log",
+    wildcard_constraints:
+        reference=wildcard_pattern("reference"),
+    conda:
+        "../../envs/healnet.yaml"
+    resources:
+        gdc_connections=1,
+    params:
+        url=lambda wildcards: CFG.reference_files[wildcards.reference].url,
+        sha256=lambda wildcards: CFG.reference_files[wildcards.reference].sha256,
+        connection=gdc_connection,
+    shell:
+        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
+        "--params {params.connection:q} --log {log}"

@@ -39,6 +39,20 @@ for _cohort, _encoder in CFG.random_weight_cohorts():
 # Without a GPU they run on the CPU and need not queue for it (cluster profiles set their own).
 GPU_JOB = 1 if has_nvidia_gpu() else 0
 
+
+# Snakemake's job-rate limiter (--max-jobs-per-timespan, default 100/1s) re-arms a 1-s timer for
+# every job that finishes, and each timer re-runs the scheduler over all waiting jobs, forever: after
+# N jobs the scheduler runs N times a second (snakemake PR #3744). On the demo that was ~8 of its 31
+# CPU-minutes. A local run submits nothing that needs throttling, so it runs without the limiter;
+# cluster runs keep it (their submissions are what it is for).
+onstart:
+    if workflow.local_exec and getattr(workflow, "scheduler", None) is not None:
+        workflow.scheduler.job_rate_limiter = None
+        logger.info(
+            "local run: Snakemake's job-rate limiter is off (nothing is submitted)"
+        )
+
+
 # Rules call `healnet` by name: the one beside the Python running Snakemake comes first on PATH, so
 # `.venv/bin/snakemake` works without an activated venv and cluster jobs (same Python) find it too;
 # with --use-conda the rule's env is activated after this, so its own `healnet` wins there.
