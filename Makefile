@@ -47,7 +47,7 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) results/demo/cindex.tsv
 
 test: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q -n auto --dist loadfile --durations=30 tests
 
 bench: install
 	for f in bench/bench_*.py; do PATH=$(abspath $(BIN)):$$PATH $(BIN)/python $$f || exit 1; done

@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to the repository and to the real data in ../shared/data."""
+"""Shared test fixtures: paths to the repository and to the real data in ../shared/data; slow test
+files first."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def _find_shared_data() -> Path:
 
 
 SHARED_DATA = _find_shared_data()
+
+
+def pytest_collection_modifyitems(items):
+    """Files marked `slow` (minutes each) run first: `make test` spreads whole files over the cores
+    (pytest -n auto --dist loadfile), and a long file handed out last would leave the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files stay whole
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from test_gdc import FakeGDC, _record, sha256_of
 from healnet.wsi.store import read_feature_store
 from healnet.wsi.synthetic import he_image, write_slide
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 CASES = ["TCGA-2F-A9KO", "TCGA-2F-A9KP", "TCGA-4Z-AA7M"]
 
