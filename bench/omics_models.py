@@ -47,21 +47,41 @@ HEALNET_TRAINING = dict(batch_size=16, grad_accumulation=1, lr=5e-4, epochs=20)
 log = logging.getLogger("omics_models")
 
 
-def candidates(training, feature_tokens: bool = False) -> dict:
-    """The HEALNet recipes the inner validation chooses between (`feature_l1` only with
-    --feature-tokens: it lost the inner validation of the first 4 folds it ran in at 4x the cost)."""
+def candidates(training, names: list[str]) -> dict:
+    """The HEALNet recipes the inner validation chooses between, by name (CANDIDATES)."""
     from healnet.config import with_keys
     from healnet.training.select import Recipe
 
     base = with_keys(training, HEALNET_TRAINING)
     mods = ("omics", "clinical")
-    out = {
+    family = {**SMALL, "omics_tokens": "family", "signatures": str(SIGNATURES)}
+    recipes = {
         "modality": Recipe("healnet", mods, {**SMALL, "omics_tokens": "modality"}, base),
-        "family": Recipe("healnet", mods, {**SMALL, "omics_tokens": "family", "signatures": str(SIGNATURES)}, base),
+        "family": Recipe("healnet", mods, family, base),
+        # + a linear risk term of age and sex, or of age, sex and every omic feature (healnet.py: linear_skip)
+        "family_clinical": Recipe("healnet", mods, {**family, "linear_skip": ["clinical"]}, base),
+        "family_linear": Recipe("healnet", mods, {**family, "linear_skip": ["clinical", "omics"]}, base),
+        # the same with the linear term moving 10x faster (linear_skip_scale; third run)
+        "family_clinical_x10": Recipe(
+            "healnet", mods, {**family, "linear_skip": ["clinical"], "linear_skip_scale": 10.0}, base
+        ),
+        "family_linear_x10": Recipe(
+            "healnet", mods, {**family, "linear_skip": ["clinical", "omics"], "linear_skip_scale": 10.0}, base
+        ),
+        "feature_l1": Recipe("healnet", mods, {**SMALL, "omics_tokens": "feature"}, with_keys(base, {"l1": 1e-5})),
     }
-    if feature_tokens:
-        out["feature_l1"] = Recipe("healnet", mods, {**SMALL, "omics_tokens": "feature"}, with_keys(base, {"l1": 1e-5}))
-    return out
+    unknown = set(names) - set(recipes)
+    if unknown:
+        raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {sorted(recipes)}")
+    return {n: recipes[n] for n in names}
+
+
+# First run (2026-12-03, all folds): modality vs family. `feature_l1` lost the inner validation of
+# the first 4 folds it ran in at 4x the cost. Second run: family alone or with a linear skip
+# (CANDIDATES_V2). Third run: the same with the skip 10x faster.
+CANDIDATES_V1 = ["modality", "family"]
+CANDIDATES_V2 = ["family", "family_clinical", "family_linear"]
+CANDIDATES = ["family", "family_clinical_x10", "family_linear_x10"]
 
 
 def prepare(cohort: str, out: Path, omics_cfg, labels_cfg, splits_cfg) -> Path:
@@ -114,8 +134,9 @@ def run_fold(
     cfg,
     seeds: int,
     skip: set,
-    feature_tokens: bool = False,
+    names: list[str] = CANDIDATES,
     models: list[str] = MODELS,
+    label: str = "healnet",
 ) -> None:
     from healnet.config import with_keys
     from healnet.training.data import load_fold_data
@@ -143,12 +164,12 @@ def run_fold(
         ]
         append(out / "results.tsv", rows, RESULT_COLUMNS)
         log.info("%s fold %d %s: %s", cohort, k, model, [round(r["cindex"], 3) for r in rows])
-    if (cohort, k, "healnet") in skip or "healnet" not in models:
+    if (cohort, k, label) in skip or "healnet" not in models:
         return
     t0 = time.perf_counter()
-    cands = candidates(training, feature_tokens)
+    cands = candidates(training, names)
     table = select_recipe(data, cands, k, seed=cfg.training.seed + k, fraction=0.25, repeats=2)
-    append(out / "selection.tsv", table.assign(cohort=cohort, fold=k).to_dict("records"))
+    append(out / "selection.tsv", table.assign(cohort=cohort, fold=k, model=label).to_dict("records"))
     chosen = table[table["chosen"]].iloc[0]
     recipe = final_recipe(cands[chosen["candidate"]], int(chosen["epochs"]))
     frame = train_fold(
@@ -158,15 +179,15 @@ def run_fold(
         dict(recipe.params),
         recipe.training,
         k,
-        runs / "healnet" / f"fold{k}",
-        "healnet",
+        runs / label / f"fold{k}",
+        label,
         threads=1,
     )
     rows = [
         {
             "cohort": cohort,
             "fold": k,
-            "model": "healnet",
+            "model": label,
             **r,
             "seconds": time.perf_counter() - t0,
             "recipe": f"{chosen['candidate']}, {int(chosen['epochs'])} epochs",
@@ -174,13 +195,15 @@ def run_fold(
         for r in score(frame, data.edges)
     ]
     append(out / "results.tsv", rows, RESULT_COLUMNS)
-    log.info("%s fold %d healnet (%s): %s", cohort, k, rows[0]["recipe"], [round(r["cindex"], 3) for r in rows])
+    log.info("%s fold %d %s (%s): %s", cohort, k, label, rows[0]["recipe"], [round(r["cindex"], 3) for r in rows])
 
 
-def fold_table(per_fold: pd.DataFrame, cohorts: list[str], folds: dict[str, set] | None = None) -> list[str]:
+def fold_table(
+    per_fold: pd.DataFrame, cohorts: list[str], models: list[str], folds: dict[str, set] | None = None
+) -> list[str]:
     """Markdown rows: per model and cohort, mean +- std over folds of the per-fold mean over seeds."""
     lines = ["| model | " + " | ".join(c.upper() for c in cohorts) + " |", "|---|" + "---|" * len(cohorts)]
-    for model in MODELS_SHOWN:
+    for model in models:
         cells = []
         for c in cohorts:
             f = per_fold[(per_fold["cohort"] == c) & (per_fold["model"] == model)]
@@ -198,9 +221,6 @@ def fold_table(per_fold: pd.DataFrame, cohorts: list[str], folds: dict[str, set]
     return lines
 
 
-MODELS_SHOWN = ["healnet", "snn", "coxnet", "cox_clinical"]
-
-
 def summary(out: Path) -> str:
     res = pd.concat([pd.read_csv(f, sep="\t") for f in sorted(out.glob("**/results.tsv"))], ignore_index=True)
     res = res.drop_duplicates(["cohort", "fold", "model", "seed"])
@@ -208,32 +228,37 @@ def summary(out: Path) -> str:
     per_fold = grouped.agg(["mean", "count"]).reset_index()
     per_fold["std"] = grouped.std(ddof=0).to_numpy()  # seed spread within the fold
     cohorts = [c for c in COHORTS_ORDER if c in set(res["cohort"])]
+    # every HEALNet label (one per candidate set run), then the others
+    models = sorted(m for m in set(res["model"]) if m.startswith("healnet")) + ["snn", "coxnet", "cox_clinical"]
     lines = [
         "All folds each model has (mean over seeds per fold; +- std over folds; seed sd: mean within-fold "
         "std over seeds):",
         "",
-    ] + fold_table(per_fold, cohorts)
+    ] + fold_table(per_fold, cohorts, models)
     deep = {c: set(per_fold[(per_fold["cohort"] == c) & (per_fold["model"] == "healnet")]["fold"]) for c in cohorts}
     lines += [
         "",
         "Only the folds where HEALNet finished (same folds for every model): "
         + "; ".join(f"{c}: {sorted(deep[c])}" for c in cohorts),
         "",
-    ] + fold_table(per_fold, cohorts, deep)
+    ] + fold_table(per_fold, cohorts, models, deep)
     text = "\n".join(lines)
     sels = sorted(out.glob("**/selection.tsv"))
     if sels:
         s = pd.concat([pd.read_csv(f, sep="\t") for f in sels], ignore_index=True)
+        s["model"] = s["model"].fillna("healnet") if "model" in s else "healnet"
         won = (
             s[s["chosen"]]
-            .sort_values(["cohort", "fold"])
-            .groupby("cohort")
+            .sort_values(["model", "cohort", "fold"])
+            .groupby(["model", "cohort"])
             .apply(lambda g: ", ".join(f"{f}: {c} ({e} ep)" for f, c, e in zip(g["fold"], g["candidate"], g["epochs"])))
         )
-        text += "\n\ninner-validation choice per fold: " + "; ".join(f"{c}: {w}" for c, w in won.items())
+        text += "\n\ninner-validation choice per fold: " + "; ".join(f"{m} {c}: {w}" for (m, c), w in won.items())
         text += (
             "\nmean inner-val c-index per candidate:\n"
-            + s.pivot_table(index="candidate", columns="cohort", values="score", aggfunc="mean").round(3).to_string()
+            + s.pivot_table(index=["model", "candidate"], columns="cohort", values="score", aggfunc="mean")
+            .round(3)
+            .to_string()
         )
     return text
 
@@ -248,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    p.add_argument("--feature-tokens", action="store_true", help="also a per-feature-token candidate (4x the cost)")
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        default=CANDIDATES,
+        help=f"HEALNet recipes to choose from (first run: {CANDIDATES_V1})",
+    )
+    p.add_argument("--label", default="healnet", help="model name of the selected HEALNet in results.tsv")
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -269,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         for cohort in args.cohorts:
             d = prepare(cohort, args.out, cfg.omics, cfg.labels, cfg.splits)
             for k in args.folds:
-                run_fold(cohort, k, d, args.out, cfg, args.seeds, done, args.feature_tokens, args.models)
+                run_fold(cohort, k, d, args.out, cfg, args.seeds, done, args.candidates, args.models, args.label)
     print(summary(args.out))
     return 0
 

@@ -283,3 +283,29 @@ def test_an_absent_sample_bag_never_enters_the_gradients():
     batch["wsi"][1] = float("nan")
     model(batch).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_linear_skip_starts_as_the_plain_model_and_shifts_every_bin_alike():
+    dims = {"omics": F_OMICS, "clinical": 2}
+    plain, skip = make_model(dims=dims), make_model(dims=dims, linear_skip=["clinical"])
+    assert skip.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
+        "skip.clinical.weight",
+        "skip.clinical.bias",
+    ]
+    g = torch.Generator().manual_seed(1)
+    batch = {"omics": torch.randn(4, F_OMICS, generator=g), "clinical": torch.randn(4, 2, generator=g)}
+    batch["present"] = {"omics": torch.ones(4, dtype=torch.bool), "clinical": torch.tensor([True, True, False, True])}
+    batch["clinical"][2] = float("nan")  # an absent sample's values are never read
+    with torch.no_grad():
+        torch.testing.assert_close(skip(batch), plain(batch))  # zero-initialised: the plain model
+        skip.skip["clinical"].weight.copy_(torch.tensor([[0.5, -1.0]]))
+        shift = skip(batch) - plain(batch)
+    expected = batch["clinical"] @ torch.tensor([0.5, -1.0])
+    torch.testing.assert_close(shift[[0, 1, 3]], expected[[0, 1, 3]].unsqueeze(1).expand(3, 4))
+    assert torch.equal(shift[2], torch.zeros(4))  # absent: no shift
+    scaled = make_model(dims=dims, linear_skip=["clinical"], linear_skip_scale=10.0)
+    scaled.load_state_dict(skip.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(batch) - plain(batch), 10.0 * shift)
+    with pytest.raises(ValueError, match="linear_skip"):
+        make_model(dims=dims, linear_skip=["wsi"])

@@ -86,6 +86,8 @@ def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path, 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # a local run drops Snakemake's job-rate limiter (workflow/rules/common.smk, onstart)
+    assert "job-rate limiter is off" in result.stdout + result.stderr
 
     all_models = pd.read_csv(tmp_path / "results/small/cindex.tsv", sep="\t", dtype={"fold": str})
     assert list(all_models["model"].unique()) == ["coxnet", "cox_clinical", "healnet_omics_small"]
