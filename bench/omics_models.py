@@ -123,7 +123,7 @@ def append(path: Path, rows: list[dict], columns: list[str] | None = None) -> No
     df.to_csv(path, sep="\t", index=False, mode="a", header=not path.exists())
 
 
-MODELS = ["coxnet", "cox_clinical", "snn", "healnet"]
+MODELS = ["coxnet", "cox_clinical", "snn", "healnet", "healnet_omics_small"]
 
 
 def run_fold(
@@ -152,6 +152,13 @@ def run_fold(
         "coxnet": ("coxnet", ["omics"], {}, cfg.training),
         "cox_clinical": ("cox_clinical", ["clinical"], {}, cfg.training),
         "snn": ("snn", ["omics"], dict(cfg.models["snn"].params), with_keys(training, cfg.models["snn"].training)),
+        # config.yaml's fixed recipe (no selection per fold), gene families from the shared copy
+        "healnet_omics_small": (
+            "healnet",
+            list(cfg.models["healnet_omics_small"].modalities),
+            {**cfg.models["healnet_omics_small"].params, "signatures": str(SIGNATURES)},
+            with_keys(training, cfg.models["healnet_omics_small"].training),
+        ),
     }
     for model, (arch, mods, params, tcfg) in jobs.items():
         if (cohort, k, model) in skip or model not in models:
