@@ -4,6 +4,8 @@ files first."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,22 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def _snakemake_in(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """This checkout's workflow run in `workdir` with config.yaml + `workdir/extra.yaml` on 2 cores;
+    `args` are targets and options. The venv's bin comes first on PATH: the rules call `healnet`."""
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "snakemake"), "--snakefile", str(REPO / "workflow" / "Snakefile")]
+    cmd += ["--configfile", str(REPO / "config.yaml"), "extra.yaml", "--cores", "2", *args]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def snakemake_in():
+    """`snakemake_in(workdir, *targets_and_options, timeout=900)`: see _snakemake_in."""
+    return _snakemake_in
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -227,7 +222,7 @@ def test_fold_ids_helper_and_transform_needs_training_omics(tmp_path):
         fit_omics_transform(df, fold_ids(fold, "train"), Omics())
 
 
-def test_snakemake_omics_labels_splits(repo, tmp_path):
+def test_snakemake_omics_labels_splits(tmp_path, snakemake_in):
     """The three rules for real: a generated-folds cohort and one with provided splits_{k}.csv."""
     table = tiny_table(n=30)
     table.to_csv(tmp_path / "table.csv", index=False)
@@ -246,19 +241,7 @@ def test_snakemake_omics_labels_splits(repo, tmp_path):
     )
     targets = [f"results/tiny/splits/fold{k}.tsv" for k in range(3)] + ["results/tiny/omics.tsv.gz"]
     targets += [f"results/given/splits/fold{k}.tsv" for k in range(2)]
-    cmd = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "--snakefile",
-        str(repo / "workflow" / "Snakefile"),
-        "--configfile",
-        str(repo / "config.yaml"),
-        "extra.yaml",
-        "--cores",
-        "2",
-        *targets,
-    ]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the rules call `healnet`
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    result = snakemake_in(tmp_path, *targets, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     omics = load_omics(tmp_path / "results/tiny/omics.tsv.gz")
@@ -275,5 +258,5 @@ def test_snakemake_omics_labels_splits(repo, tmp_path):
     assert sorted(given[given == "test"].index) == sorted(ids[1::2])
     assert "healnet.survival.labels" in (tmp_path / "logs/tiny/labels.log").read_text()
     # a second run has nothing to do: outputs are complete and up to date
-    again = subprocess.run(cmd + ["--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    again = snakemake_in(tmp_path, *targets, "--dry-run", timeout=300)
     assert "Nothing to be done" in again.stdout + again.stderr

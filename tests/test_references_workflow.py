@@ -13,9 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -58,7 +55,7 @@ def signatures_server(shared_data, tmp_path):
     srv.server_close()
 
 
-def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path, signatures_server):
+def test_coxnet_and_cox_clinical_through_snakemake(shared_data, tmp_path, signatures_server, snakemake_in):
     url, sha256, requests = signatures_server
     extra = {
         "cohorts": {
@@ -72,19 +69,7 @@ def test_coxnet_and_cox_clinical_through_snakemake(repo, shared_data, tmp_path, 
         "reference_files": {"signatures.csv": {"url": url, "sha256": sha256}},
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "--snakefile",
-        str(repo / "workflow" / "Snakefile"),
-        "--configfile",
-        str(repo / "config.yaml"),
-        "extra.yaml",
-        "--cores",
-        "2",
-        "results/small/cindex.tsv",
-    ]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    result = snakemake_in(tmp_path, "results/small/cindex.tsv")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # a local run drops Snakemake's job-rate limiter (workflow/rules/common.smk, onstart)
     assert "job-rate limiter is off" in result.stdout + result.stderr

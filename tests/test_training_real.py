@@ -5,11 +5,6 @@ issue's (mean over folds > 0.55). The defaults' numbers for all four cohorts: be
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
@@ -27,7 +22,7 @@ CHEAP = {
 
 
 @pytest.mark.slow
-def test_blca_omics_only_through_snakemake(repo, shared_data, tmp_path):
+def test_blca_omics_only_through_snakemake(shared_data, tmp_path, snakemake_in):
     tcga = shared_data / "tcga" / "blca"
     # the built-in blca cohort, omics only (wsi: false: no slide listed or fetched), from local tables
     extra = {
@@ -42,19 +37,7 @@ def test_blca_omics_only_through_snakemake(repo, shared_data, tmp_path):
         **CHEAP,
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "--snakefile",
-        str(repo / "workflow" / "Snakefile"),
-        "--configfile",
-        str(repo / "config.yaml"),
-        "extra.yaml",
-        "--cores",
-        "2",
-        "results/blca/cindex.tsv",
-    ]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    result = snakemake_in(tmp_path, "results/blca/cindex.tsv")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_csv(tmp_path / "results/blca/cindex.tsv", sep="\t", dtype={"fold": str}).set_index("fold")

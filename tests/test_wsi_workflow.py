@@ -5,10 +5,6 @@ the cohort's `mpp`, and an unreadable one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +13,7 @@ from healnet.wsi.store import read_feature_store
 from healnet.wsi.synthetic import he_image, write_slide
 
 
-def test_snakemake_wsi_rules(repo, shared_data, tmp_path):
+def test_snakemake_wsi_rules(shared_data, tmp_path, snakemake_in):
     tissue = np.zeros((896, 1344), bool)
     tissue[224:672, 224:1120] = True
     image = he_image(1344, 896, 0.5, tissue)
@@ -39,19 +35,7 @@ def test_snakemake_wsi_rules(repo, shared_data, tmp_path):
         "  tiny: {model: resnet18, truncate_after: layer2, pretrained: false}\n"
         "features: {batch_size: 16, num_workers: 1}\n"
     )
-    cmd = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "--snakefile",
-        str(repo / "workflow" / "Snakefile"),
-        "--configfile",
-        str(repo / "config.yaml"),
-        "extra.yaml",
-        "--cores",
-        "2",
-        "results/wsitest/qc/slides.tsv",
-    ]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the rules call `healnet`
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    result = snakemake_in(tmp_path, "results/wsitest/qc/slides.tsv", timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_csv(tmp_path / "results/wsitest/qc/slides.tsv", sep="\t", keep_default_na=False).set_index(
@@ -74,5 +58,5 @@ def test_snakemake_wsi_rules(repo, shared_data, tmp_path):
     assert (tmp_path / "benchmarks/wsitest/features/tiny/good.tsv").exists()
     assert "RANDOM weights" in (tmp_path / "logs/wsitest/features/tiny/good.log").read_text()
     # complete and up to date: a second run has nothing to do
-    again = subprocess.run(cmd + ["--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    again = snakemake_in(tmp_path, "results/wsitest/qc/slides.tsv", "--dry-run", timeout=300)
     assert "Nothing to be done" in again.stdout + again.stderr
