@@ -1,4 +1,5 @@
 # Where cohorts come from: the synthetic demo generator and (below) the GDC download.
+from healnet.acquire.sources import reference_path
 
 
 checkpoint demo_cohort:
@@ -96,6 +97,13 @@ checkpoint gdc_sheet:
         "--out {output.sheet} --log {log}"
 
 
+# One sha256-checked download (or copy of a local file) per file: tables, splits, reference files.
+FETCH_TABLE = (
+    "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
+    "--params {params.connection:q} --log {log}"
+)
+
+
 rule fetch_clinical_omics:
     output:
         "data/{cohort}/clinical_omics.csv.zip",
@@ -112,8 +120,7 @@ rule fetch_clinical_omics:
         sha256=table_sha256,
         connection=gdc_connection,
     shell:
-        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
-        "--params {params.connection:q} --log {log}"
+        FETCH_TABLE
 
 
 rule fetch_split:
@@ -132,13 +139,12 @@ rule fetch_split:
         sha256=split_sha256,
         connection=gdc_connection,
     shell:
-        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
-        "--params {params.connection:q} --log {log}"
+        FETCH_TABLE
 
 
 rule fetch_reference:
     output:
-        "data/reference/{reference}",
+        reference_path("{reference}"),
     log:
         "logs/fetch_reference/{reference}.log",
     wildcard_constraints:
@@ -152,5 +158,4 @@ rule fetch_reference:
         sha256=lambda wildcards: CFG.reference_files[wildcards.reference].sha256,
         connection=gdc_connection,
     shell:
-        "healnet fetch-table --url {params.url:q} --sha256 {params.sha256} --out {output} "
-        "--params {params.connection:q} --log {log}"
+        FETCH_TABLE
