@@ -6,11 +6,12 @@ For each cohort (BLCA, BRCA, KIRP, UCEC by default) and each provided fold (`spl
 
 - `coxnet` and `cox_clinical` (healnet/models/cox.py), fitted once per fold;
 - `snn` with config.yaml's recipe, `--seeds` seeds;
-- `healnet` (omics + clinical modalities): the omics tokenisation (one token per modality, 2 tokens
-  per gene family of signatures.csv, or one token per feature with the L1 term) and the epoch count
+- `healnet` (omics + clinical modalities, named by `--label`): the recipe among `--candidates`
+  (omics tokenisation, a linear risk term beside the latent path; `candidates`) and the epoch count
   are chosen by `healnet.training.select.select_recipe` on an inner split of the fold's TRAINING
   patients only (2 inner splits of 25 % validation, stratified on bin x event); the winner is retrained on the
-  whole training part with `--seeds` seeds and scored once on the test patients.
+  whole training part with `--seeds` seeds and scored once on the test patients;
+- `healnet_omics_small`: config.yaml's fixed recipe, no selection.
 
 Writes `<out>/results.tsv` (one row per cohort, fold, model, seed) and `<out>/selection.tsv` (every
 candidate's inner-validation curve per fold), appending as it goes, then prints mean +- std over
@@ -58,18 +59,14 @@ def candidates(training, names: list[str]) -> dict:
     recipes = {
         "modality": Recipe("healnet", mods, {**SMALL, "omics_tokens": "modality"}, base),
         "family": Recipe("healnet", mods, family, base),
-        # + a linear risk term of age and sex, or of age, sex and every omic feature (healnet.py: linear_skip)
-        "family_clinical": Recipe("healnet", mods, {**family, "linear_skip": ["clinical"]}, base),
-        "family_linear": Recipe("healnet", mods, {**family, "linear_skip": ["clinical", "omics"]}, base),
-        # the same with the linear term moving 10x faster (linear_skip_scale; third run)
-        "family_clinical_x10": Recipe(
-            "healnet", mods, {**family, "linear_skip": ["clinical"], "linear_skip_scale": 10.0}, base
-        ),
-        "family_linear_x10": Recipe(
-            "healnet", mods, {**family, "linear_skip": ["clinical", "omics"], "linear_skip_scale": 10.0}, base
-        ),
         "feature_l1": Recipe("healnet", mods, {**SMALL, "omics_tokens": "feature"}, with_keys(base, {"l1": 1e-5})),
     }
+    # family tokens + a linear risk term (healnet.py: linear_skip) of age and sex, or of age, sex and
+    # every omic feature; `_x10`: the term moving 10x faster (linear_skip_scale)
+    for name, skip in (("family_clinical", ["clinical"]), ("family_linear", ["clinical", "omics"])):
+        for suffix, scale in (("", 1.0), ("_x10", 10.0)):
+            params = {**family, "linear_skip": skip, "linear_skip_scale": scale}
+            recipes[name + suffix] = Recipe("healnet", mods, params, base)
     unknown = set(names) - set(recipes)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {sorted(recipes)}")
@@ -284,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "--candidates",
         nargs="+",
         default=CANDIDATES,
-        help=f"HEALNet recipes to choose from (first run: {CANDIDATES_V1})",
+        help=f"HEALNet recipes to choose from (first run: {CANDIDATES_V1}; second: {CANDIDATES_V2})",
     )
     p.add_argument("--label", default="healnet", help="model name of the selected HEALNet in results.tsv")
     p.add_argument("--summary-only", action="store_true")
