@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from healnet import __version__
+from healnet import __version__, warm
 from healnet.logs import setup_logging
 
 # (subcommand, module, one-line help). Order is pipeline order.
@@ -72,6 +72,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in warm.STAGES and warm.enabled():  # local Snakemake runs: healnet/warm.py
+        status = warm.run(argv)
+        if status is not None:
+            return status
+    return run_here(argv)
+
+
+def run_here(argv: list[str]) -> int:
+    """Run one stage in this process."""
     stage = argv[0] if argv and argv[0] in {name for name, _, _ in COMMANDS} else None
     args = build_parser(only=stage).parse_args(argv)
     setup_logging(args.log)

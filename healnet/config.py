@@ -498,6 +498,12 @@ class Config(Strict):
     }
     evaluation: Evaluation = Evaluation()
     gdc: Gdc = Gdc()
+    warm_start: bool = Field(
+        True,
+        description="Local runs: `features` and `train` jobs are forked from a per-user server that has torch, "
+        "torchvision and timm imported already, instead of importing them (~4 s a job; healnet/warm.py). "
+        "Never on a cluster.",
+    )
     reference_files: dict[str, ReferenceFile] = Field(
         {"signatures.csv": ReferenceFile(url=SIGNATURES_URL, sha256=SIGNATURES_SHA256)},
         description="Pinned files fetched to data/reference/<name> when a model's params name that path "

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from healnet import warm
 from healnet.config import Config
 from healnet.modalities import WSI
 from healnet.survival.splits import order_split_files
@@ -129,9 +130,12 @@ def rule_environment(workflow_basedir: str | Path, environ: Mapping[str, str] = 
     call: `.venv/bin/snakemake` works without an activated venv, and cluster jobs (which run this same
     Python) find it too. With --use-conda, Snakemake activates the rule's env after this, so its own
     `healnet` wins there. HEALNET_REPO: the repository holding the Snakefile, which
-    envs/healnet.post-deploy.sh installs into a new rule env.
+    envs/healnet.post-deploy.sh installs into a new rule env. HEALNET_WARM: "0", no warm starts
+    (healnet/warm.py), also where the user's shell exported "1" (cluster jobs inherit that environment);
+    common.smk's onstart switches them on for a local run with `warm_start`.
     """
     return {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")]),
         "HEALNET_REPO": str(Path(workflow_basedir).parent),
+        warm.ENV_SWITCH: "0",
     }

@@ -154,10 +154,11 @@ def test_untracked_params_show_their_text():
 
 
 def test_rules_find_the_healnet_beside_this_python(tmp_path):
-    env = plan.rule_environment(tmp_path / "repo" / "workflow", {"PATH": "/usr/bin:/bin"})
+    env = plan.rule_environment(tmp_path / "repo" / "workflow", {"PATH": "/usr/bin:/bin", "HEALNET_WARM": "1"})
     assert env == {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HEALNET_REPO": str(tmp_path / "repo"),
+        "HEALNET_WARM": "0",  # off unless a local run's onstart says so: cluster jobs inherit the shell's
     }
 
 

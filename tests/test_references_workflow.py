@@ -73,6 +73,9 @@ def test_coxnet_and_cox_clinical_through_snakemake(shared_data, tmp_path, signat
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # a local run drops Snakemake's job-rate limiter (workflow/rules/common.smk, onstart)
     assert "job-rate limiter is off" in result.stdout + result.stderr
+    # ... and forks its train jobs from a warm server (healnet/warm.py)
+    assert "start from a warm server" in result.stdout + result.stderr
+    assert "ran in warm-start worker" in (tmp_path / "logs/small/train/healnet_omics_small_fold0.log").read_text()
 
     all_models = pd.read_csv(tmp_path / "results/small/cindex.tsv", sep="\t", dtype={"fold": str})
     assert list(all_models["model"].unique()) == ["coxnet", "cox_clinical", "healnet_omics_small"]

@@ -372,6 +372,11 @@ def test_tiny_demo_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     _assert_same_files(local, cluster, QUICK_COMPARED)
 
     for slide in SLIDES:
+        # the local run forks its features jobs from a warm server (healnet/warm.py); cluster jobs never do,
+        # so the equality below is also warm against cold
+        job_log = f"logs/demo/features/tiny/{slide}.log"
+        assert "ran in warm-start worker" in (local / job_log).read_text()
+        assert "warm-start" not in (cluster / job_log).read_text()
         store = f"results/demo/features/tiny/{slide}.zarr"
         a, b = read_feature_store(local / store), read_feature_store(cluster / store)
         assert a.status == b.status == "ok"

@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from healnet import plan, runs
+from healnet import plan, runs, warm
 from healnet.acquire.gdc import ManifestQuery, check_manifest_query, indexed_manifest
 from healnet.config import ConfigError, parse_config, targets_given_as_configfiles
 from healnet.hardware import has_nvidia_gpu
@@ -51,6 +51,11 @@ onstart:
         logger.info(
             "local run: Snakemake's job-rate limiter is off (nothing is submitted)"
         )
+    if workflow.local_exec and CFG.warm_start:
+        os.environ[warm.ENV_SWITCH] = "1"
+        logger.info(
+            "local run: features and train jobs start from a warm server (warm_start; healnet/warm.py)"
+        )
 
 
 # Rules call `healnet` by name: the one beside the Python running Snakemake comes first on PATH, so
@@ -58,6 +63,8 @@ onstart:
 # with --use-conda the rule's env is activated after this, so its own `healnet` wins there.
 # HEALNET_REPO names this repository for envs/healnet.post-deploy.sh (plan.rule_environment).
 # (Writes, not reads, so no `envvars:`; .update() keeps `snakemake --lint` from taking them for one.)
+# HEALNET_WARM is "0" here and set to "1" by onstart in a local run (healnet/warm.py): the executor is not
+# known yet while the Snakefile is parsed, and cluster jobs parse it again but run no onstart.
 os.environ.update(plan.rule_environment(workflow.basedir))
 
 
