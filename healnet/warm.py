@@ -58,8 +58,11 @@ def enabled(environ=os.environ) -> bool:
 def socket_path() -> Path:
     """One server per user, Python and healnet checkout: a job never lands in another stack."""
     key = f"{os.path.realpath(sys.executable)}|{Path(__file__).resolve().parent}|{sys.version}"
-    run_dir = Path(tempfile.gettempdir()) / f"healnet-warm-{os.getuid()}"
-    return run_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
+    name = Path(f"healnet-warm-{os.getuid()}") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
+    path = Path(tempfile.gettempdir()) / name
+    if len(os.fsencode(path)) >= 104:  # a socket's path has at most 107 bytes (sun_path): a deep TMPDIR cannot
+        path = Path("/tmp") / name  # hold it
+    return path
 
 
 def run(argv: list[str]) -> int | None:

@@ -5,9 +5,11 @@ with its caller, and falls back to running in-process where no server can be had
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,9 +94,18 @@ def features_cmd(slide_path, patches, output, log) -> list[str]:
     ]
 
 
+@pytest.fixture
+def tmp():
+    """A private TMPDIR, hence a server of the test's own; short, as pytest's tmp_path under xdist is too
+    deep for a socket (healnet/warm.py socket_path would fall back to /tmp, shared with other tests)."""
+    path = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
+    yield path
+    for sock in path.glob("healnet-warm-*/*.sock"):
+        sock.unlink()  # a server whose socket is gone exits at its next check (within 5 s)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def env_for(tmp: Path, warm: str) -> dict[str, str]:
-    """A private TMPDIR, hence a server of this test's own (healnet/warm.py socket_path)."""
-    tmp.mkdir(exist_ok=True)
     return {**os.environ, "HEALNET_WARM": warm, "TMPDIR": str(tmp)}
 
 
@@ -103,96 +114,77 @@ def server_log(tmp: Path) -> str:
     return logs[0].read_text() if logs else ""
 
 
-def stop_servers(tmp: Path) -> None:
-    for sock in tmp.glob("healnet-warm-*/*.sock"):
-        sock.unlink()  # a server whose socket is gone exits at its next check (within 5 s)
-
-
-def test_a_warm_job_writes_what_a_cold_one_does(slide, tmp_path):
+def test_a_warm_job_writes_what_a_cold_one_does(slide, tmp, tmp_path):
     slide_path, patches = slide
-    tmp = tmp_path / "tmp"
-    try:
-        cold = subprocess.run(
-            features_cmd(slide_path, patches, tmp_path / "cold.zarr", tmp_path / "cold.log"),
-            env=env_for(tmp, "0"),
+    cold = subprocess.run(
+        features_cmd(slide_path, patches, tmp_path / "cold.zarr", tmp_path / "cold.log"),
+        env=env_for(tmp, "0"),
+        capture_output=True,
+        text=True,
+    )
+    assert cold.returncode == 0, cold.stderr
+    assert not list(tmp.glob("healnet-warm-*"))  # off: no server was asked for
+    for run in ("warm1", "warm2"):
+        warm = subprocess.run(
+            features_cmd(slide_path, patches, tmp_path / f"{run}.zarr", tmp_path / f"{run}.log"),
+            env=env_for(tmp, "1"),
             capture_output=True,
             text=True,
         )
-        assert cold.returncode == 0, cold.stderr
-        assert not list(tmp.glob("healnet-warm-*"))  # off: no server was asked for
-        for run in ("warm1", "warm2"):
-            warm = subprocess.run(
-                features_cmd(slide_path, patches, tmp_path / f"{run}.zarr", tmp_path / f"{run}.log"),
-                env=env_for(tmp, "1"),
-                capture_output=True,
-                text=True,
-            )
-            assert warm.returncode == 0, warm.stderr
-            # the worker logs to the rule's log file and to the caller's stderr (the fd itself was passed)
-            assert "ran in warm-start worker" in (tmp_path / f"{run}.log").read_text()
-            assert "ran in warm-start worker" in warm.stderr and "patches in" in warm.stderr
-        log = server_log(tmp)
-        assert log.count("listening on") == 1 and log.count("ended: status 0") == 2, log  # one server, reused
-        a, b = read_feature_store(tmp_path / "cold.zarr"), read_feature_store(tmp_path / "warm2.zarr")
-        assert a.features.shape[0] > 0
-        np.testing.assert_array_equal(a.coords, b.coords)
-        np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-6)
-    finally:
-        stop_servers(tmp)
+        assert warm.returncode == 0, warm.stderr
+        # the worker logs to the rule's log file and to the caller's stderr (the fd itself was passed)
+        assert "ran in warm-start worker" in (tmp_path / f"{run}.log").read_text()
+        assert "ran in warm-start worker" in warm.stderr and "patches in" in warm.stderr
+    log = server_log(tmp)
+    assert log.count("listening on") == 1 and log.count("ended: status 0") == 2, log  # one server, reused
+    a, b = read_feature_store(tmp_path / "cold.zarr"), read_feature_store(tmp_path / "warm2.zarr")
+    assert a.features.shape[0] > 0
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-6)
 
 
-def test_a_warm_job_fails_as_a_cold_one_does(slide, tmp_path):
+def test_a_warm_job_fails_as_a_cold_one_does(slide, tmp, tmp_path):
     _, patches = slide
-    tmp = tmp_path / "tmp"
-    try:
-        cmd = features_cmd(tmp_path / "missing.svs", patches, tmp_path / "out.zarr", tmp_path / "out.log")
-        results = [subprocess.run(cmd, env=env_for(tmp, w), capture_output=True, text=True) for w in ("0", "1")]
-        assert [r.returncode for r in results] == [1, 1]
-        for r in results:
-            assert "missing.svs" in r.stderr and "Traceback" not in r.stderr, r.stderr
-        assert "ended: status 1" in server_log(tmp)
-        assert not (tmp_path / "out.zarr").exists()
-    finally:
-        stop_servers(tmp)
+    cmd = features_cmd(tmp_path / "missing.svs", patches, tmp_path / "out.zarr", tmp_path / "out.log")
+    results = [subprocess.run(cmd, env=env_for(tmp, w), capture_output=True, text=True) for w in ("0", "1")]
+    assert [r.returncode for r in results] == [1, 1]
+    for r in results:
+        assert "missing.svs" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "ended: status 1" in server_log(tmp)
+    assert not (tmp_path / "out.zarr").exists()
 
 
-def test_the_worker_dies_with_its_caller(slide, tmp_path):
+def test_the_worker_dies_with_its_caller(slide, tmp, tmp_path):
     """Snakemake cancels a job by killing its process: the forked worker must not run on."""
     _, patches = slide
-    tmp = tmp_path / "tmp"
     fifo = tmp_path / "blocks.svs"
     os.mkfifo(fifo)  # opening it for reading waits for a writer that never comes: a job that hangs
-    try:
-        caller = subprocess.Popen(
-            features_cmd(fifo, patches, tmp_path / "out.zarr", tmp_path / "out.log"),
-            env=env_for(tmp, "1"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while "worker " not in server_log(tmp) and time.monotonic() < deadline:
-            assert caller.poll() is None, "the job ended on its own; it should hang on the FIFO"
-            time.sleep(0.2)
-        time.sleep(2)  # let the worker reach the FIFO
-        assert caller.poll() is None
-        worker = int(server_log(tmp).split("worker ")[1].split(":")[0])
-        os.kill(worker, 0)  # running
-        caller.send_signal(signal.SIGTERM)
-        caller.wait(10)
-        deadline = time.monotonic() + 10
-        while f"worker {worker} ended: signal {signal.SIGTERM.value}" not in server_log(tmp):
-            assert time.monotonic() < deadline, server_log(tmp)
-            time.sleep(0.1)
-        with pytest.raises(ProcessLookupError):
-            os.kill(worker, 0)
-    finally:
-        stop_servers(tmp)
+    caller = subprocess.Popen(
+        features_cmd(fifo, patches, tmp_path / "out.zarr", tmp_path / "out.log"),
+        env=env_for(tmp, "1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while "worker " not in server_log(tmp) and time.monotonic() < deadline:
+        assert caller.poll() is None, "the job ended on its own; it should hang on the FIFO"
+        time.sleep(0.2)
+    time.sleep(2)  # let the worker reach the FIFO
+    assert caller.poll() is None
+    worker = int(server_log(tmp).split("worker ")[1].split(":")[0])
+    os.kill(worker, 0)  # running
+    caller.send_signal(signal.SIGTERM)
+    caller.wait(10)
+    deadline = time.monotonic() + 10
+    while f"worker {worker} ended: signal {signal.SIGTERM.value}" not in server_log(tmp):
+        assert time.monotonic() < deadline, server_log(tmp)
+        time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
 
 
-def test_no_private_directory_means_the_job_runs_in_its_own_process(slide, tmp_path):
+def test_no_private_directory_means_the_job_runs_in_its_own_process(slide, tmp, tmp_path):
     slide_path, patches = slide
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
     shared = tmp / f"healnet-warm-{os.getuid()}"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)  # others could plant a socket here: not used
@@ -205,3 +197,14 @@ def test_no_private_directory_means_the_job_runs_in_its_own_process(slide, tmp_p
     assert r.returncode == 0, r.stderr
     assert "warm-start worker" not in r.stderr and not list(shared.iterdir())
     assert read_feature_store(tmp_path / "out.zarr").features.shape[0] > 0
+
+
+def test_a_deep_tmpdir_puts_the_socket_in_tmp(monkeypatch):
+    """A socket's path has at most 107 bytes; Snakemake's or a cluster's TMPDIR can be deeper."""
+    from healnet import warm
+
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp/short")
+    assert str(warm.socket_path()).startswith("/tmp/short/healnet-warm-")
+    monkeypatch.setattr(tempfile, "tempdir", "/scratch" + "/deep" * 20)
+    path = warm.socket_path()
+    assert str(path).startswith(f"/tmp/healnet-warm-{os.getuid()}/") and len(os.fsencode(path)) < 104
