@@ -502,7 +502,7 @@ class Config(Strict):
         True,
         description="Local runs: `features` and `train` jobs are forked from a per-user server that has torch, "
         "torchvision and timm imported already, instead of importing them (~4 s a job; healnet/warm.py). "
-        "Never on a cluster.",
+        "Never on a cluster, and not yet on a machine with an NVIDIA GPU (forked CUDA workers are unverified).",
     )
     reference_files: dict[str, ReferenceFile] = Field(
         {"signatures.csv": ReferenceFile(url=SIGNATURES_URL, sha256=SIGNATURES_SHA256)},

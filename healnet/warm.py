@@ -2,8 +2,8 @@
 
 A local Snakemake run starts one `healnet features` process per slide. On a small slide such a
 process spends ~4 of its ~5 CPU-seconds importing torch, torchvision and timm, so the demo's 165
-slides cost 11 CPU-minutes of imports. With HEALNET_WARM=1 (the workflow sets it for local runs,
-`warm_start` in config.yaml) a stage in STAGES instead asks a server, one per user and Python, which
+slides cost 11 CPU-minutes of imports. With HEALNET_WARM=1 (the workflow sets it for local runs on
+machines without an NVIDIA GPU, `warm_start` in config.yaml) a stage in STAGES instead asks a server, one per user and Python, which
 has those libraries imported already, to fork a worker:
 
 - the worker takes the caller's working directory, environment, umask and stdin/stdout/stderr (the
@@ -178,6 +178,8 @@ def _recv_reply(conn: socket.socket) -> tuple[bytes, int]:
 
 def serve(path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s warm-start server %(process)d: %(message)s")
+    # should an import ask whether CUDA is there, ask NVML: it leaves no CUDA state for the forks to inherit
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in PRELOAD:
         try:
             __import__(name)
