@@ -18,6 +18,10 @@ rise of the process's max RSS over the model and inputs already allocated; CUDA 
 first step) is part of the peak. Exits 1 when `new` is less than TARGET times faster than `old` at
 10k or 100k patches, or needs more memory.
 
+Also printed, per size: the floor of the default model's step, i.e. its key/value products over the
+bag and their weight gradients alone (no LayerNorm, attention, omics or optimiser), timed the same
+way; old / floor is the most any implementation of the unchanged math can gain at fp32.
+
 Run: `python bench/bench_healnet.py [--device cpu|cuda] [--sizes 1000 10000 100000] [--rounds 2]`.
 """
 
@@ -99,6 +103,38 @@ def measure(n: int, device: str, threads: int, params: dict) -> dict:
     }
 
 
+def measure_floor(n: int, device: str, threads: int) -> dict:
+    """The part of the default model's step that no implementation of its math can skip: every layer's
+    keys and values over the 1024-d bag (one product per key/value map, shapes taken from the model's
+    cross-attention over the WSI) and their weight gradients, nothing else. old / floor bounds what
+    any unchanged-math speed-up can reach."""
+    import torch
+
+    from healnet.models import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model("healnet", {"wsi": D, "omics": F_OMICS}, 4, {})
+    maps = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == D]
+    weights = [w.detach().clone().to(device).requires_grad_() for w in maps]
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(1)).abs().to(device)
+
+    def step() -> None:
+        sum(x @ w.T for w in weights).sum().backward()  # forward products, then weight gradients only
+
+    step()
+    cpu_times = []
+    for _ in range(REPEATS):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        c0 = time.process_time()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        cpu_times.append(time.process_time() - c0)
+    return {"cpu_seconds": min(cpu_times), "outputs": sum(w.shape[0] for w in weights)}
+
+
 def old_tree(ref: str, into: Path) -> Path:
     """healnet/ as of git commit `ref`, extracted under `into` (importable with PYTHONPATH=into)."""
     archive = into / "old.tar"
@@ -115,20 +151,11 @@ def old_tree(ref: str, into: Path) -> Path:
 
 
 def run_child(model: str, n: int, args: argparse.Namespace, old_path: Path) -> dict:
+    """One (model, size) in a fresh process; model "floor": measure_floor at that size."""
     path = old_path if model == "old" else REPO
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])}
-    cmd = [
-        sys.executable,
-        __file__,
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--one",
-        str(n),
-        "--params",
-        json.dumps(MODELS[model]),
-    ]
+    what = ["--floor", str(n)] if model == "floor" else ["--one", str(n), "--params", json.dumps(MODELS[model])]
+    cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads), *what]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(path))
     if done.returncode != 0:
         raise SystemExit(f"{model} at {n} patches failed:\n{done.stderr[-3000:]}")
@@ -144,20 +171,24 @@ def main() -> int:
     ap.add_argument("--old-ref", default=OLD_REF, help="git commit of the old model")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: measure one size
     ap.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", type=int, help=argparse.SUPPRESS)  # child process: the floor at one size
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.device, args.threads, json.loads(args.params))))
+        return 0
+    if args.floor:
+        print(json.dumps(measure_floor(args.floor, args.device, args.threads)))
         return 0
     best: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         old_path = old_tree(args.old_ref, Path(tmp))
         for _ in range(args.rounds):
             for n in args.sizes:
-                for model in MODELS:
+                for model in [*MODELS, "floor"]:
                     r = run_child(model, n, args, old_path)
                     prev = best.get((model, n))
                     if prev is not None:  # fastest round, per figure
-                        r |= {k: min(r[k], prev[k]) for k in ("seconds", "cpu_seconds", "peak_bytes")}
+                        r |= {k: min(r[k], prev[k]) for k in ("seconds", "cpu_seconds", "peak_bytes") if k in r}
                     best[(model, n)] = r
     import torch
 
@@ -188,6 +219,17 @@ def main() -> int:
         )
         if n >= 10000 and (speed < TARGET or mem > 1.0):
             ok = False
+    print(
+        "floor: the default model's key/value products over the bag and their weight gradients alone "
+        f"({best[('floor', args.sizes[0])]['outputs']} outputs per patch), CPU s; old / floor bounds any "
+        "speed-up of the default's math at this precision"
+    )
+    for n in args.sizes:
+        o, w, f = best[("old", n)], best[("new", n)], best[("floor", n)]
+        print(
+            f"{n:>8} | floor {f['cpu_seconds']:.3f} s = {f['cpu_seconds'] / w['cpu_seconds']:.0%} of new's step | "
+            f"old / floor {o['cpu_seconds'] / f['cpu_seconds']:.1f}x (new: {o['cpu_seconds'] / w['cpu_seconds']:.1f}x)"
+        )
     verdict = "met" if ok else "NOT met"
     print(f"target (new >= {TARGET:.0f}x faster than old at 10k and 100k patches, no more memory): {verdict}")
     return 0  # a benchmark reports; it does not fail `make bench`
