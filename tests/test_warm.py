@@ -109,6 +109,12 @@ def env_for(tmp: Path, warm: str) -> dict[str, str]:
     return {**os.environ, "HEALNET_WARM": warm, "TMPDIR": str(tmp)}
 
 
+def features_job(slide_path, patches, out: Path, tmp: Path, warm: str) -> subprocess.CompletedProcess:
+    """`healnet features` as a rule runs it, into out.zarr with its log beside it."""
+    cmd = features_cmd(slide_path, patches, out.with_suffix(".zarr"), out.with_suffix(".log"))
+    return subprocess.run(cmd, env=env_for(tmp, warm), capture_output=True, text=True)
+
+
 def server_log(tmp: Path) -> str:
     logs = list(tmp.glob("healnet-warm-*/*.log"))
     return logs[0].read_text() if logs else ""
@@ -116,21 +122,11 @@ def server_log(tmp: Path) -> str:
 
 def test_a_warm_job_writes_what_a_cold_one_does(slide, tmp, tmp_path):
     slide_path, patches = slide
-    cold = subprocess.run(
-        features_cmd(slide_path, patches, tmp_path / "cold.zarr", tmp_path / "cold.log"),
-        env=env_for(tmp, "0"),
-        capture_output=True,
-        text=True,
-    )
+    cold = features_job(slide_path, patches, tmp_path / "cold", tmp, "0")
     assert cold.returncode == 0, cold.stderr
     assert not list(tmp.glob("healnet-warm-*"))  # off: no server was asked for
     for run in ("warm1", "warm2"):
-        warm = subprocess.run(
-            features_cmd(slide_path, patches, tmp_path / f"{run}.zarr", tmp_path / f"{run}.log"),
-            env=env_for(tmp, "1"),
-            capture_output=True,
-            text=True,
-        )
+        warm = features_job(slide_path, patches, tmp_path / run, tmp, "1")
         assert warm.returncode == 0, warm.stderr
         # the worker logs to the rule's log file and to the caller's stderr (the fd itself was passed)
         assert "ran in warm-start worker" in (tmp_path / f"{run}.log").read_text()
@@ -145,8 +141,7 @@ def test_a_warm_job_writes_what_a_cold_one_does(slide, tmp, tmp_path):
 
 def test_a_warm_job_fails_as_a_cold_one_does(slide, tmp, tmp_path):
     _, patches = slide
-    cmd = features_cmd(tmp_path / "missing.svs", patches, tmp_path / "out.zarr", tmp_path / "out.log")
-    results = [subprocess.run(cmd, env=env_for(tmp, w), capture_output=True, text=True) for w in ("0", "1")]
+    results = [features_job(tmp_path / "missing.svs", patches, tmp_path / "out", tmp, w) for w in ("0", "1")]
     assert [r.returncode for r in results] == [1, 1]
     for r in results:
         assert "missing.svs" in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -188,12 +183,7 @@ def test_no_private_directory_means_the_job_runs_in_its_own_process(slide, tmp, 
     shared = tmp / f"healnet-warm-{os.getuid()}"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)  # others could plant a socket here: not used
-    r = subprocess.run(
-        features_cmd(slide_path, patches, tmp_path / "out.zarr", tmp_path / "out.log"),
-        env=env_for(tmp, "1"),
-        capture_output=True,
-        text=True,
-    )
+    r = features_job(slide_path, patches, tmp_path / "out", tmp, "1")
     assert r.returncode == 0, r.stderr
     assert "warm-start worker" not in r.stderr and not list(shared.iterdir())
     assert read_feature_store(tmp_path / "out.zarr").features.shape[0] > 0
