@@ -15,7 +15,7 @@ has those libraries imported already, to fork a worker:
 
 The server never runs torch code (no thread pool, no CUDA context exists before a fork); each worker
 sets up its own. Where anything fails before a worker has started, the caller runs the stage itself,
-as without warm starts. Cluster jobs never use this: a server would outlive the job that started it
+as without warm starts (and after a server failed to start, jobs do so for RETRY_AFTER_S). Cluster jobs never use this: a server would outlive the job that started it
 and run later jobs outside their own allocation.
 """
 
@@ -45,6 +45,7 @@ STAGES = frozenset({"features", "train"})
 PRELOAD = ("numpy", "pydantic", "torch", "torchvision", "timm", "zarr", "openslide", "PIL.Image", "tqdm")
 IDLE_S = 60.0
 START_TIMEOUT_S = 120.0  # a cold disk can take a minute to import torch
+RETRY_AFTER_S = 600.0  # after a server failed to start, jobs run in their own process for this long
 _LEN = struct.Struct("!I")  # request length prefix
 _REPLY = struct.Struct("!ci")  # b"S" + worker pid when started, b"E" + status when ended
 
@@ -71,7 +72,7 @@ def run(argv: list[str]) -> int | None:
     path = socket_path()
     try:
         _private_dir(path.parent)
-        conn = _connect(path) or _start_and_connect(path)
+        conn = _connect(path) or (None if _failed_recently(path) else _start_and_connect(path))
     except OSError as err:
         log.debug("warm start unavailable (%s): running in this process", err)
         return None
@@ -142,8 +143,21 @@ def _start_and_connect(path: Path) -> socket.socket | None:
             if conn is not None:
                 return conn
             time.sleep(0.05)
-        log.warning("warm-start server did not come up (see %s): running in this process", path.with_suffix(".log"))
+        path.with_suffix(".failed").touch()
+        log.warning(
+            "warm-start server did not come up (see %s): running in this process; no new try for %.0f min",
+            path.with_suffix(".log"),
+            RETRY_AFTER_S / 60,
+        )
         return None
+
+
+def _failed_recently(path: Path) -> bool:
+    """A server that failed to start is not tried again by every job (each try costs the imports)."""
+    try:
+        return time.time() - path.with_suffix(".failed").stat().st_mtime < RETRY_AFTER_S
+    except FileNotFoundError:
+        return False
 
 
 def _send_request(conn: socket.socket, argv: list[str]) -> None:

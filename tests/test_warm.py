@@ -198,3 +198,26 @@ def test_a_deep_tmpdir_puts_the_socket_in_tmp(monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", "/scratch" + "/deep" * 20)
     path = warm.socket_path()
     assert str(path).startswith(f"/tmp/healnet-warm-{os.getuid()}/") and len(os.fsencode(path)) < 104
+
+
+def test_a_server_that_failed_to_start_is_not_retried_by_every_job(slide, tmp, tmp_path, monkeypatch):
+    from healnet import warm
+
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    path = warm.socket_path()
+    path.mkdir(parents=True)  # a folder where the socket should be: the server cannot bind, and exits
+    path.parent.chmod(0o700)
+    slide_path, patches = slide
+    r = features_job(slide_path, patches, tmp_path / "first", tmp, "1")
+    assert r.returncode == 0 and "warm-start server did not come up" in r.stderr, r.stderr
+    assert "Error" in server_log(tmp) and path.with_suffix(".failed").exists()
+    path.rmdir()
+    attempts = server_log(tmp)
+    r = features_job(slide_path, patches, tmp_path / "out", tmp, "1")
+    assert r.returncode == 0, r.stderr
+    assert "warm-start" not in r.stderr and not path.exists() and server_log(tmp) == attempts  # not tried
+    old = time.time() - warm.RETRY_AFTER_S - 1
+    os.utime(path.with_suffix(".failed"), (old, old))  # long enough ago: tried again
+    r = features_job(slide_path, patches, tmp_path / "again", tmp, "1")
+    assert r.returncode == 0 and "ran in warm-start worker" in r.stderr, r.stderr
