@@ -194,6 +194,9 @@ def serve(path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s warm-start server %(process)d: %(message)s")
     # should an import ask whether CUDA is there, ask NVML: it leaves no CUDA state for the forks to inherit
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # OpenMP and BLAS read these once, when loaded here: one thread, whichever job started the server;
+    # each stage sets torch's threads from its own --threads (features, train)
+    os.environ.update({var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     for name in PRELOAD:
         try:
             __import__(name)

@@ -109,6 +109,14 @@ def env_for(tmp: Path, warm: str) -> dict[str, str]:
     return {**os.environ, "HEALNET_WARM": warm, "TMPDIR": str(tmp)}
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by whoever adopted it, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def features_job(slide_path, patches, out: Path, tmp: Path, warm: str) -> subprocess.CompletedProcess:
     """`healnet features` as a rule runs it, into out.zarr with its log beside it."""
     cmd = features_cmd(slide_path, patches, out.with_suffix(".zarr"), out.with_suffix(".log"))
@@ -176,6 +184,27 @@ def test_the_worker_dies_with_its_caller(slide, tmp, tmp_path):
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)
+
+
+def test_a_worker_dies_with_the_server_and_its_caller_says_so(slide, tmp, tmp_path):
+    _, patches = slide
+    fifo = tmp_path / "blocks.svs"
+    os.mkfifo(fifo)
+    cmd = features_cmd(fifo, patches, tmp_path / "out.zarr", tmp_path / "out.log")
+    caller = subprocess.Popen(cmd, env=env_for(tmp, "1"), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while "worker " not in server_log(tmp):
+        assert time.monotonic() < deadline and caller.poll() is None, server_log(tmp)
+        time.sleep(0.2)
+    server = int(server_log(tmp).split("warm-start server ")[1].split(":")[0])
+    worker = int(server_log(tmp).split("worker ")[1].split(":")[0])
+    os.kill(server, signal.SIGKILL)
+    _, err = caller.communicate(timeout=30)
+    assert caller.returncode == 1 and f"the warm-start server died while running worker {worker}" in err, err
+    deadline = time.monotonic() + 10
+    while alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived its server"
+        time.sleep(0.1)
 
 
 def test_no_private_directory_means_the_job_runs_in_its_own_process(slide, tmp, tmp_path):
