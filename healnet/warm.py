@@ -143,9 +143,12 @@ def _start_and_connect(path: Path) -> socket.socket | None:
             if conn is not None:
                 return conn
             time.sleep(0.05)
+        if server.poll() is None:  # slow (a cold disk), not broken: later jobs will find it
+            log.warning("warm-start server not up after %.0f s: running in this process", START_TIMEOUT_S)
+            return None
         path.with_suffix(".failed").touch()
         log.warning(
-            "warm-start server did not come up (see %s): running in this process; no new try for %.0f min",
+            "warm-start server failed to start (see %s): running in this process; no new try for %.0f min",
             path.with_suffix(".log"),
             RETRY_AFTER_S / 60,
         )
