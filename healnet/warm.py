@@ -11,7 +11,8 @@ has those libraries imported already, to fork a worker:
 - its exit status becomes the caller's; if the caller dies (Snakemake cancelling a job), the worker
   is sent SIGTERM; if the server dies, its workers get SIGKILL (PR_SET_PDEATHSIG);
 - the server imports third-party libraries only, never healnet's own code, so an edit to healnet
-  takes effect in the next job; it exits after IDLE_S seconds without work.
+  takes effect in the next job (one to this file, which is the server, once it has exited); it exits
+  after IDLE_S seconds without work.
 
 The server never runs torch code (no thread pool, no CUDA context exists before a fork); each worker
 sets up its own. Where anything fails before a worker has started, the caller runs the stage itself,
