@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from healnet.cli import main
+from healnet import config
+from healnet.wsi.stages import run_patches, run_tissue
 from healnet.wsi.store import read_feature_store
 from healnet.wsi.synthetic import he_image, write_slide
 
@@ -38,16 +39,15 @@ HEALNET = str(Path(sys.executable).parent / "healnet")
 WORKER_CPU = re.compile(r"ran in warm-start worker \d+: ([\d.]+) CPU-s")
 
 
-def make_slide(d: Path, i: int) -> tuple[Path, Path]:
-    path = write_slide(d / f"s{i}.svs", he_image(1600, 1200, 0.5, seed=i), 0.5)
-    common = ["--slide", str(path), "--slide-id", f"s{i}"]
-    geojson = d / f"s{i}.geojson"
-    assert main(["tissue", *common, "--mpp", "", "--geojson", str(geojson), "--qc", str(d / f"s{i}.png")]) == 0
-    assert main(["patches", *common, "--tissue", str(geojson), "--output", str(d / f"s{i}_p.zarr")]) == 0
+def make_slide(d: Path, i: int) -> tuple[str, Path]:
+    path = str(write_slide(d / f"s{i}.svs", he_image(1600, 1200, 0.5, seed=i), 0.5))
+    reading, patching = config.SlideReading(), config.Patching()
+    run_tissue(path, f"s{i}", d / f"s{i}.geojson", d / f"s{i}.png", reading, config.Tissue(), patching)
+    run_patches(path, f"s{i}", d / f"s{i}.geojson", d / f"s{i}_p.zarr", reading, patching)
     return path, d / f"s{i}_p.zarr"
 
 
-def run_job(slide: Path, patches: Path, out: Path, encoder: str, env: dict[str, str]) -> tuple[float, float]:
+def run_job(slide: str, patches: Path, out: Path, encoder: str, env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds of one `healnet features` job (CPU incl. a warm worker's own)."""
     log = out.with_suffix(".log")
     cmd = [

@@ -3,8 +3,8 @@
 A local Snakemake run starts one `healnet features` process per slide. On a small slide such a
 process spends ~4 of its ~5 CPU-seconds importing torch, torchvision and timm, so the demo's 165
 slides cost 11 CPU-minutes of imports. With HEALNET_WARM=1 (the workflow sets it for local runs on
-machines without an NVIDIA GPU, `warm_start` in config.yaml) a stage in STAGES instead asks a server, one per user and Python, which
-has those libraries imported already, to fork a worker:
+machines without an NVIDIA GPU, `warm_start` in config.yaml) a stage in STAGES instead asks a server,
+one per user and Python, which has those libraries imported already, to fork a worker:
 
 - the worker takes the caller's working directory, environment, umask and stdin/stdout/stderr (the
   file descriptors themselves, passed over the socket), then runs the same `healnet` command line;
@@ -16,8 +16,9 @@ has those libraries imported already, to fork a worker:
 
 The server never runs torch code (no thread pool, no CUDA context exists before a fork); each worker
 sets up its own. Where anything fails before a worker has started, the caller runs the stage itself,
-as without warm starts (and after a server failed to start, jobs do so for RETRY_AFTER_S). Cluster jobs never use this: a server would outlive the job that started it
-and run later jobs outside their own allocation.
+as without warm starts (and after a server failed to start, jobs do so for RETRY_AFTER_S). Cluster
+jobs never use this: a server would outlive the job that started it and run later jobs outside their
+own allocation.
 """
 
 from __future__ import annotations
@@ -89,17 +90,13 @@ def run(argv: list[str]) -> int | None:
             return None
         try:
             kind, status = _recv_reply(conn)
-        except OSError as err:
-            kind, status = b"", 0
-            reason = err
-        else:
-            reason = None
+        except OSError:
+            kind = b""  # the server closed the connection without a status: it died
         if kind != b"E":
             log.error(
-                "the warm-start server died while running worker %d (%s): rerun the job, or set "
-                "warm_start: false in the config",
+                "the warm-start server died while running worker %d: rerun the job, or set warm_start: false "
+                "in the config",
                 pid,
-                reason or "no status",
             )
             return 1
     return status if status >= 0 else 128 - status
@@ -229,9 +226,11 @@ def serve(path: Path) -> None:
                 _signal(pid, signal.SIGTERM)
         if workers:
             idle_since = time.monotonic()
-        elif time.monotonic() - idle_since > IDLE_S or not _still_ours(path, inode):
-            if _still_ours(path, inode):
-                os.unlink(path)
+        elif not _still_ours(path, inode):
+            log.info("socket %s removed or taken over, exiting", path)
+            return
+        elif time.monotonic() - idle_since > IDLE_S:
+            os.unlink(path)
             log.info("idle for %.0f s, exiting", IDLE_S)
             return
 
@@ -261,7 +260,7 @@ def _start_worker(listener, sel, workers) -> None:
         _run_worker(request, fds, conn)  # never returns
     for fd in fds:
         os.close(fd)
-    log.info("worker %d: healnet %s (in %s)", pid, " ".join(request["argv"][:1]), request["cwd"])
+    log.info("worker %d: healnet %s (in %s)", pid, request["argv"][0], request["cwd"])
     pidfd = os.pidfd_open(pid)
     workers[pidfd] = (pid, conn)
     sel.register(pidfd, selectors.EVENT_READ, "worker")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from healnet import config
-from healnet.cli import main
+from healnet.wsi.stages import run_patches, run_tissue
 from healnet.wsi.store import read_feature_store
 from healnet.wsi.synthetic import he_image, write_slide
 
@@ -31,41 +31,10 @@ FAIL = config.SlideReading(on_slide_error="fail").model_dump_json()
 def slide(tmp_path_factory):
     """A small synthetic slide and its patch store."""
     d = tmp_path_factory.mktemp("warm")
-    path = write_slide(d / "s.svs", he_image(1200, 900, 0.5), 0.5)
-    assert (
-        main(
-            [
-                "tissue",
-                "--slide",
-                str(path),
-                "--slide-id",
-                "s",
-                "--mpp",
-                "",
-                "--geojson",
-                str(d / "s.geojson"),
-                "--qc",
-                str(d / "s.png"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "patches",
-                "--slide",
-                str(path),
-                "--slide-id",
-                "s",
-                "--tissue",
-                str(d / "s.geojson"),
-                "--output",
-                str(d / "s_p.zarr"),
-            ]
-        )
-        == 0
-    )
+    path = str(write_slide(d / "s.svs", he_image(1200, 900, 0.5), 0.5))
+    reading, patching = config.SlideReading(), config.Patching()
+    assert run_tissue(path, "s", d / "s.geojson", d / "s.png", reading, config.Tissue(), patching)["status"] == "ok"
+    assert run_patches(path, "s", d / "s.geojson", d / "s_p.zarr", reading, patching)["status"] == "ok"
     return path, d / "s_p.zarr"
 
 

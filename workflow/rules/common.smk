@@ -51,15 +51,16 @@ onstart:
         logger.info(
             "local run: Snakemake's job-rate limiter is off (nothing is submitted)"
         )
-    if workflow.local_exec and CFG.warm_start and GPU_JOB:
-        logger.info(
-            "local run on a GPU machine: no warm starts (forking CUDA workers is not verified yet)"
-        )
-    elif workflow.local_exec and CFG.warm_start:
-        os.environ[warm.ENV_SWITCH] = "1"
-        logger.info(
-            "local run: features and train jobs start from a warm server (warm_start; healnet/warm.py)"
-        )
+    if workflow.local_exec and CFG.warm_start:
+        if GPU_JOB:
+            logger.info(
+                "local run on a GPU machine: no warm starts (forking CUDA workers is not verified yet)"
+            )
+        else:
+            os.environ[warm.ENV_SWITCH] = "1"
+            logger.info(
+                "local run: features and train jobs start from a warm server (warm_start; healnet/warm.py)"
+            )
 
 
 # Rules call `healnet` by name: the one beside the Python running Snakemake comes first on PATH, so
