@@ -43,6 +43,25 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {"old": {}, "new": {}, "projected": {"wsi_token_dim": 64}}
 
 
+def timed(step, device: str) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of REPEATS calls of `step`, after one warm-up call (kernels,
+    allocator, optimiser state)."""
+    import torch
+
+    step()
+    times, cpu_times = [], []
+    for _ in range(REPEATS):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    return times, cpu_times
+
+
 def measure(n: int, device: str, threads: int, params: dict) -> dict:
     """Time and peak memory of one training step on a bag of n patches (runs in-process)."""
     import resource
@@ -78,17 +97,7 @@ def measure(n: int, device: str, threads: int, params: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()  # warm-up (kernels, allocator, optimiser state)
-    times, cpu_times = [], []
-    for _ in range(REPEATS):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
+    times, cpu_times = timed(step, device)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -122,16 +131,7 @@ def measure_floor(n: int, device: str, threads: int) -> dict:
     def step() -> None:
         sum(x @ w.T for w in weights).sum().backward()  # forward products, then weight gradients only
 
-    step()
-    cpu_times = []
-    for _ in range(REPEATS):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        c0 = time.process_time()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        cpu_times.append(time.process_time() - c0)
+    _, cpu_times = timed(step, device)
     return {"cpu_seconds": min(cpu_times), "outputs": sum(w.shape[0] for w in weights)}
 
 

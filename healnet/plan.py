@@ -83,8 +83,9 @@ def model_data_inputs(
     slides_of: Callable[[str], list[str]],
 ) -> dict[str, str | list[str]]:
     """Data the models read: the omics matrix if any uses omics, gene-family files (`signatures`)
-    they name, feature stores + sample sheet if any uses the slides. `sheet_of(cohort)` / `slides_of(cohort)` give the sample sheet and its slide ids;
-    they are called only when a model uses the slides (a GDC sheet needs every slide downloaded)."""
+    they name, feature stores + sample sheet if any uses the slides. `sheet_of(cohort)` /
+    `slides_of(cohort)` give the sample sheet and its slide ids; they are called only when a model
+    uses the slides (a GDC sheet needs every slide downloaded)."""
     specs = [cfg.models[m] for m in models]
     out: dict[str, str | list[str]] = {}
     if any(mod != WSI for s in specs for mod in s.modalities):

@@ -154,8 +154,8 @@ rule fetch_reference:
     resources:
         gdc_connections=1,
     params:
-        url=lambda wildcards: CFG.reference_files[wildcards.reference].url,
-        sha256=lambda wildcards: CFG.reference_files[wildcards.reference].sha256,
+        url=reference_url,
+        sha256=reference_sha256,
         connection=gdc_connection,
     shell:
         FETCH_TABLE

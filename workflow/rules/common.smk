@@ -261,6 +261,14 @@ def gdc_connection(wildcards):
     return plan.Untracked(section_json("gdc"))
 
 
+def reference_url(wildcards):
+    return CFG.reference_files[wildcards.reference].url
+
+
+def reference_sha256(wildcards):
+    return CFG.reference_files[wildcards.reference].sha256
+
+
 def table_url(wildcards):
     return cohort(wildcards.cohort).clinical_omics_url
 
